@@ -1,0 +1,59 @@
+"""Input checks shared by every model: errors name the offending shape or value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_dim(dim: int, name: str = "dim") -> int:
+    """Return ``dim`` as an int, or raise if it is not a positive integer."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {dim!r}")
+    return dim
+
+
+def check_finite(x: Tensor, name: str = "input") -> Tensor:
+    """Raise if ``x`` holds NaN or inf, naming how many and where the first one is."""
+    if not torch.is_floating_point(x):
+        return x
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
+            f"first at index {first}"
+        )
+    return x
+
+
+def check_event(x: Tensor, event_shape: Sequence[int], name: str = "x") -> Tensor:
+    """Check ``x`` is ``[N, *event_shape]`` and finite."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    event_shape = tuple(event_shape)
+    if x.dim() != 1 + len(event_shape) or tuple(x.shape[1:]) != event_shape:
+        expected = "[N, " + ", ".join(str(s) for s in event_shape) + "]"
+        raise ValueError(f"{name} must have shape {expected}, got {list(x.shape)}")
+    return check_finite(x, name)
+
+
+def check_context(context: Tensor | None, context_dim: int, n: int | None) -> Tensor | None:
+    """Check a context tensor is ``[n, context_dim]`` (or absent when ``context_dim == 0``)."""
+    if context_dim == 0:
+        if context is not None:
+            raise ValueError(
+                "this model is unconditional (context_dim=0) but a context was passed; "
+                "build it with context_dim=C to condition on a [N, C] context"
+            )
+        return None
+    if context is None:
+        raise ValueError(f"this model is conditional: context of shape [N, {context_dim}] is required")
+    if not isinstance(context, Tensor):
+        raise TypeError(f"context must be a torch.Tensor, got {type(context).__name__}")
+    if context.dim() != 2 or context.shape[1] != context_dim or (n is not None and context.shape[0] != n):
+        rows = "N" if n is None else str(n)
+        raise ValueError(f"context must have shape [{rows}, {context_dim}], got {list(context.shape)}")
+    return check_finite(context, "context")
