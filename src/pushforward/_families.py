@@ -3,6 +3,8 @@
 import importlib
 
 for _mod in (
-    "pushforward.flows",
+    "pushforward.builders.coupling_ar",
+    "pushforward.builders.elementary",
+    "pushforward.builders.glow",
 ):
     importlib.import_module(_mod)

@@ -1,0 +1,1 @@
+"""Named builders for ``pf.build``; each module registers its family's names."""
