@@ -13,6 +13,22 @@ from pushforward.registry import available_models, build, describe_models, regis
 
 __version__ = "0.1.0"
 
+_LAZY_FUNCS = {"fit": ("pushforward.train", "fit"), "evaluate": ("pushforward.metrics", "evaluate")}
+_LAZY_MODULES = ("data", "metrics", "viz", "train", "nets", "continuous", "matching", "score", "policy")
+
+
+def __getattr__(name: str):
+    # Heavy or optional pieces (matplotlib, POT, sklearn) load on first use, not at import.
+    import importlib
+
+    if name in _LAZY_FUNCS:
+        mod, attr = _LAZY_FUNCS[name]
+        return getattr(importlib.import_module(mod), attr)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"pushforward.{name}")
+    raise AttributeError(f"module 'pushforward' has no attribute {name!r}")
+
+
 __all__ = [
     "FlowModel",
     "NormalizingFlow",
@@ -20,6 +36,8 @@ __all__ = [
     "build",
     "describe_models",
     "distributions",
+    "evaluate",
+    "fit",
     "load",
     "register",
     "save",
