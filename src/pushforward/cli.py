@@ -1,0 +1,738 @@
+"""The ``pushforward`` command line: a run is a directory.
+
+::
+
+    pushforward train MODEL --data DATA [--context COLS] [--n N] [--max-time S | --steps N]
+                      [--out DIR] [--set key=value ...] [--config FILE] [--seed S] [--device D]
+    pushforward resume DIR [--max-time S | --steps N] [--data DATA]
+    pushforward sample DIR -n N -o FILE(.npy|.csv) [--context VALUES|FILE]
+    pushforward eval DIR [--data DATA]        # one JSON line: nll, bpd, w2, ...
+    pushforward plot DIR                      # PNGs (and a GIF) into DIR/plots/
+    pushforward demo [--out DIR] [--max-time S]
+    pushforward models | datasets
+    pushforward bench [ARGS...]               # runs benchmarks/density.py of a source checkout
+
+Options. ``--set key=value`` sets a model build option (``--set hidden=[64,64] --set
+bins=16``); ``--set fit.key=value`` sets a :func:`pushforward.fit` option (``--set
+fit.lr=3e-4 --set fit.ema=0.999``). Values are JSON literals where they parse (``true``,
+``null``, numbers, lists), otherwise strings. ``--config FILE`` reads the same settings from a
+JSON file (or TOML on Python >= 3.11)::
+
+    {"model": "nsf", "data": "moons", "seed": 0,
+     "options": {"hidden": [64, 64]},  "fit": {"lr": 3e-4, "max_time": 30}}
+
+where any other top-level key is treated like ``--set key=value``. Precedence: config file <
+``--set`` < explicit flags.
+
+A run directory holds ``config.json`` (the resolved config), ``last.pt`` and ``best.pt``
+(checkpoints), ``metrics.jsonl``, ``model.pt`` (the final model, loadable by
+:func:`pushforward.load`) and ``plots/``.
+
+Bad input exits with status 2 and one line on stderr naming the problem; ``--debug`` shows the
+traceback. Under ``torchrun --nproc_per_node=N -m pushforward train ...`` training runs with
+DDP; rank 0 writes the files (see ``docs/distributed.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import runpy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+# fit() options the CLI owns itself.
+_FIT_RESERVED = {"model", "data", "context", "out_dir", "resume", "callback", "val_data", "distributed", "seed", "device"}
+_TOP_KEYS = {"model", "data", "context", "n", "seed", "device", "options", "fit", "out"}
+
+
+class CLIError(ValueError):
+    """A user error with a message meant for the terminal."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# ============================================================================ config
+def parse_value(text: str) -> Any:
+    """``--set`` value: a JSON literal where it parses, else the string itself."""
+    alias = {"True": True, "False": False, "None": None}
+    if text in alias:
+        return alias[text]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["a=1", "fit.lr=3e-4"] -> {"a": 1, "fit.lr": 0.0003}``."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"bad --set {item!r}: expected key=value (e.g. --set hidden=[64,64] or --set fit.lr=3e-4)")
+        out[key] = parse_value(value.strip())
+    return out
+
+
+def read_config(path: str) -> dict:
+    """Read a JSON (or, on Python >= 3.11, TOML) config file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no config file at {path!r}")
+    text = p.read_text()
+    if p.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:
+            raise CLIError("TOML config files need Python >= 3.11; use JSON") from None
+        try:
+            cfg = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise CLIError(f"{path}: invalid TOML: {e}") from None
+    else:
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CLIError(f"{path}: invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(cfg, dict):
+        raise CLIError(f"{path}: a config must be an object/table of settings")
+    return cfg
+
+
+def _apply_flat(cfg: dict, flat: dict[str, Any]) -> None:
+    for key, value in flat.items():
+        if key.startswith("fit."):
+            cfg["fit"][key[4:]] = value
+        elif key.startswith("options.") or key.startswith("model."):
+            cfg["options"][key.split(".", 1)[1]] = value
+        elif key in _TOP_KEYS - {"options", "fit"}:
+            cfg[key] = value
+        else:
+            cfg["options"][key] = value
+
+
+def _check_fit_options(fit_opts: dict) -> None:
+    import inspect
+
+    from pushforward.train import fit
+
+    valid = [k for k in inspect.signature(fit).parameters if k not in _FIT_RESERVED]
+    for k in fit_opts:
+        if k in _FIT_RESERVED:
+            raise CLIError(f"fit.{k} cannot be set here; use the command's own flag (e.g. --seed, --device, --data, --out)")
+        if k not in valid:
+            raise CLIError(f"unknown fit option 'fit.{k}'; valid: {', '.join(valid)}")
+
+
+def resolve_train_config(args: argparse.Namespace) -> dict:
+    """Merge config file < --set < flags into the run's config dict."""
+    cfg: dict[str, Any] = {"model": None, "data": None, "context": None, "n": None, "seed": 0,
+                           "device": None, "options": {}, "fit": {}}
+    if getattr(args, "config", None):
+        raw = read_config(args.config)
+        for k in ("options", "fit"):
+            sub = raw.pop(k, {})
+            if not isinstance(sub, dict):
+                raise CLIError(f"{args.config}: {k!r} must be an object/table")
+            cfg[k].update(sub)
+        _apply_flat(cfg, raw)
+    _apply_flat(cfg, parse_sets(args.set))
+    for flag, key in (("model", "model"), ("data", "data"), ("context", "context"), ("n", "n"),
+                      ("seed", "seed"), ("device", "device")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            cfg[key] = v
+    for flag, key in (("max_time", "max_time"), ("steps", "steps"), ("epochs", "epochs"),
+                      ("batch_size", "batch_size"), ("lr", "lr")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            cfg["fit"][key] = v
+    # A step/epoch budget on the command line replaces the default time budget.
+    if (getattr(args, "steps", None) or getattr(args, "epochs", None)) and getattr(args, "max_time", None) is None:
+        cfg["fit"]["max_time"] = None
+    if not cfg["model"]:
+        raise CLIError("no model given: pushforward train MODEL --data DATA (see `pushforward models`)")
+    if not cfg["data"]:
+        raise CLIError("no data given: use --data NAME_OR_FILE (see `pushforward datasets`)")
+    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool):
+        raise CLIError(f"seed must be an integer, got {cfg['seed']!r}")
+    _check_fit_options(cfg["fit"])
+    return cfg
+
+
+# ============================================================================ helpers
+def _is_main() -> bool:
+    from pushforward import distributed as ddp
+
+    return ddp.is_main_process()
+
+
+def _say(msg: str) -> None:
+    if _is_main():
+        print(msg, flush=True)
+
+
+def _device(spec: str | None):
+    import torch
+
+    from pushforward import distributed as ddp
+
+    if spec in (None, "auto"):
+        if ddp.is_initialized() and ddp.get_world_size() > 1:
+            return ddp.default_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise CLIError(f"unknown device {spec!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"device {spec!r} requested but CUDA is not available")
+    return dev
+
+
+def load_data(spec: str, context: Any = None, n: int | None = None, seed: int = 0):
+    """``pushforward.data.load`` with the CLI's argument conventions."""
+    from pushforward import data as pdata
+
+    if isinstance(context, str) and context.strip() == "":
+        context = None
+    return pdata.load(spec, n=n, seed=seed, context=context)
+
+
+def _model_shape_args(ds) -> dict:
+    x = ds.x
+    if x.dim() == 4:
+        return {"dim": None, "image_shape": tuple(int(s) for s in x.shape[1:])}
+    if x.dim() == 2:
+        return {"dim": int(x.shape[1]), "image_shape": None}
+    if x.dim() == 1:
+        return {"dim": 1, "image_shape": None}
+    raise CLIError(f"data of shape {list(x.shape)} is neither [N, D] nor [N, C, H, W]")
+
+
+def build_model(cfg: dict, ds):
+    """Build the model named in ``cfg`` for data ``ds``."""
+    import pushforward as pf
+
+    shape = _model_shape_args(ds)
+    context_dim = 0 if ds.context is None else int(ds.context.shape[1])
+    options = dict(cfg["options"])
+    for k in ("dim", "context_dim", "image_shape"):
+        if k in options:
+            raise CLIError(f"--set {k}=... is taken from the data; remove it")
+    return pf.build(cfg["model"], context_dim=context_dim, **shape, **options)
+
+
+def _run_dir_default(model: str, data: str) -> Path:
+    stem = Path(str(data)).stem if any(c in str(data) for c in "/\\.") else str(data)
+    base = Path("runs") / f"{model}-{stem}"
+    out, i = base, 2
+    while out.exists():
+        out, i = Path(f"{base}-{i}"), i + 1
+    return out
+
+
+def _require_run(run: str) -> Path:
+    d = Path(run)
+    if not d.exists():
+        raise FileNotFoundError(f"no run directory at {run!r}")
+    if not d.is_dir():
+        raise NotADirectoryError(f"{run!r} is not a run directory")
+    return d
+
+
+def _load_run_model(run: str, device: Any = None):
+    """The run's final model (``model.pt``), else its last checkpoint; or a model file."""
+    import pushforward as pf
+
+    p = Path(run)
+    if p.is_file():
+        return pf.load(p, map_location=device or "cpu")
+    d = _require_run(run)
+    for name in ("model.pt", "best.pt", "last.pt"):
+        if (d / name).is_file():
+            return pf.load(d / name, map_location=device or "cpu")
+    raise FileNotFoundError(f"{run!r} holds no model.pt, best.pt or last.pt")
+
+
+def _read_run_config(d: Path) -> dict:
+    f = d / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{str(d)!r} has no config.json (is it a pushforward run directory?)")
+    return json.loads(f.read_text())
+
+
+def _summary_line(h, run: Path) -> str:
+    last = h["loss"][-1] if h["loss"] else math.nan
+    val = f", best val loss {h.best_val_loss:.4f} (step {h.best_step})" if math.isfinite(h.best_val_loss) else ""
+    return (f"{h.steps} steps in {h.elapsed:.1f} s ({h.stopped_reason}); loss {last:.4f}{val}; "
+            f"model in {run / 'model.pt'}")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _fit_and_save(model, ds, cfg: dict, run: Path, resume: Path | None, fit_opts: dict) -> int:
+    import pushforward as pf
+    from pushforward import distributed as ddp
+
+    dev = _device(cfg.get("device"))
+    hist = pf.fit(model, ds.x, ds.context, out_dir=run, resume=resume, seed=cfg["seed"], device=dev, **fit_opts)
+    if ddp.is_main_process():
+        pf.save(model, run / "model.pt")
+        _write_json(run / "history.json", dict(hist))
+    _say(_summary_line(hist, run))
+    ddp.barrier()
+    return EXIT_INTERRUPTED if hist.stopped_reason == "interrupted" else 0
+
+
+# ============================================================================ commands
+def cmd_train(args: argparse.Namespace) -> int:
+    import pushforward as pf
+    from pushforward import distributed as ddp
+
+    cfg = resolve_train_config(args)
+    ddp.init_from_env()
+    run = Path(args.out) if args.out else (Path(cfg["out"]) if cfg.get("out") else _run_dir_default(cfg["model"], cfg["data"]))
+    if (run / "last.pt").exists() and not args.overwrite:
+        raise CLIError(f"{str(run)!r} already holds a run; use `pushforward resume {run}` or --overwrite")
+    ds = load_data(cfg["data"], cfg["context"], cfg["n"], cfg["seed"])
+    model = build_model(cfg, ds)
+    resolved = {
+        "model": cfg["model"], "options": cfg["options"], **{k: v for k, v in model.config.items() if k in ("dim", "context_dim", "image_shape")},
+        "data": cfg["data"], "context": cfg["context"], "n": cfg["n"], "seed": cfg["seed"], "device": cfg["device"],
+        "fit": cfg["fit"], "pushforward_version": pf.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if ddp.is_main_process():
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(run / "config.json", resolved)
+    n_params = sum(p.numel() for p in model.parameters())
+    budget = ", ".join(f"{k}={cfg['fit'][k]}" for k in ("max_time", "steps", "epochs") if cfg["fit"].get(k) is not None) or "max_time=60"
+    _say(f"training {cfg['model']} ({n_params:,} parameters) on {ds.name or cfg['data']} {list(ds.x.shape)} "
+         f"[{budget}] -> {run}")
+    return _fit_and_save(model, ds, cfg, run, None, dict(cfg["fit"]))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pushforward import distributed as ddp
+    from pushforward.train import load_checkpoint
+
+    run = _require_run(args.dir)
+    cfg = _read_run_config(run)
+    ckpt = load_checkpoint(run)
+    ddp.init_from_env()
+    if args.device is not None:
+        cfg["device"] = args.device
+    data = args.data or cfg["data"]
+    ds = load_data(data, cfg.get("context"), cfg.get("n"), cfg.get("seed", 0))
+    fit_opts = dict(cfg.get("fit", {}))
+    for k in ("max_time", "steps", "epochs"):
+        fit_opts.pop(k, None)
+    if args.steps is not None or args.max_time is not None:
+        fit_opts["steps"] = args.steps
+        fit_opts["max_time"] = args.max_time
+    else:
+        # Continue to the original budget: the remaining steps, or the remaining time.
+        planned = cfg.get("fit", {})
+        done = int(ckpt["step"])
+        if planned.get("steps"):
+            fit_opts["steps"] = planned["steps"] - done
+            fit_opts["max_time"] = None
+        elif planned.get("epochs"):
+            raise CLIError("this run had an epoch budget; give --steps or --max-time to resume it")
+        else:
+            fit_opts["max_time"] = float(planned.get("max_time") or 60) - float(ckpt["elapsed"])
+        if (fit_opts.get("steps") or 0) <= 0 and (fit_opts.get("max_time") or 0) <= 0:
+            raise CLIError(f"{str(run)!r} already finished its budget (step {done}); give --steps N or --max-time S to train more")
+    from pushforward.models import load_from_payload
+
+    model = load_from_payload(ckpt["model"])
+    _say(f"resuming {cfg.get('model', 'model')} from step {ckpt['step']} in {run}")
+    return _fit_and_save(model, ds, cfg, run, run, fit_opts)
+
+
+def _context_arg(spec: str | None, n: int, model):
+    import numpy as np
+    import torch
+
+    cdim = int(getattr(model, "context_dim", 0) or 0)
+    if cdim == 0:
+        if spec is not None:
+            raise CLIError("this model is unconditional; drop --context")
+        return None
+    if spec is None:
+        raise CLIError(f"this model is conditional (context_dim={cdim}): give --context '[v1, ...]' or a .npy/.csv file")
+    p = Path(spec)
+    if p.suffix.lower() in (".npy", ".csv", ".txt") or p.exists():
+        if not p.is_file():
+            raise FileNotFoundError(f"no context file at {spec!r}")
+        arr = np.load(p) if p.suffix.lower() == ".npy" else np.loadtxt(p, delimiter="," if p.suffix.lower() == ".csv" else None, ndmin=2)
+    else:
+        v = parse_value(spec)
+        if isinstance(v, (int, float)):
+            v = [v]
+        if not isinstance(v, list):
+            raise CLIError(f"--context must be a JSON list of {cdim} numbers or a file, got {spec!r}")
+        arr = np.asarray(v, dtype=np.float64)
+    c = torch.as_tensor(np.asarray(arr, dtype=np.float64), dtype=torch.float32)
+    if c.dim() == 1:
+        c = c[None, :]
+    if c.shape[1] != cdim or c.shape[0] not in (1, n):
+        raise CLIError(f"context has shape {list(c.shape)}; expected [1, {cdim}] or [{n}, {cdim}]")
+    return c.expand(n, -1).contiguous()
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".npy", ".csv"):
+        raise CLIError(f"output must end in .npy or .csv, got {str(out)!r}")
+    if args.n <= 0:
+        raise CLIError(f"-n must be positive, got {args.n}")
+    dev = _device(args.device)
+    model = _load_run_model(args.dir, dev)
+    model.eval()
+    ctx = _context_arg(args.context, args.n, model)
+    p = next(model.parameters(), None)
+    if ctx is not None and p is not None:
+        ctx = ctx.to(p.device, p.dtype)
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    with torch.no_grad():
+        s = model.sample(args.n, ctx, generator=gen)
+    arr = s.detach().cpu().numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".npy":
+        np.save(out, arr)
+    else:
+        np.savetxt(out, arr.reshape(arr.shape[0], -1), delimiter=",", fmt="%.7g")
+    print(f"wrote {arr.shape[0]} samples of shape {list(arr.shape[1:])} to {out}")
+    return 0
+
+
+def _eval_data(args: argparse.Namespace, run: Path | None):
+    cfg = {}
+    if run is not None and (run / "config.json").is_file():
+        cfg = json.loads((run / "config.json").read_text())
+    spec = args.data or cfg.get("data")
+    if not spec:
+        raise CLIError("give --data NAME_OR_FILE (the run has no config.json to take it from)")
+    context = args.context if args.context is not None else (cfg.get("context") if not args.data else None)
+    n = args.n if args.n is not None else cfg.get("n")
+    # Generated data sets: a fresh draw (another seed) rather than the training sample.
+    seed = cfg.get("seed", 0) + 1 if not args.data else args.seed
+    return load_data(spec, context, n, seed), cfg
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pushforward import metrics
+
+    dev = _device(args.device)
+    model = _load_run_model(args.dir, dev)
+    model.eval()
+    run = Path(args.dir) if Path(args.dir).is_dir() else None
+    ds, _ = _eval_data(args, run)
+    ds.x = ds.x.to(dev)
+    if ds.context is not None:
+        ds.context = ds.context.to(dev)
+    res = metrics.evaluate(model, ds, n_samples=args.n_samples, seed=args.seed)
+    line = json.dumps(res)
+    if run is not None:
+        _write_json(run / "eval.json", res)
+    print(line)
+    return 0
+
+
+def make_plots(run: Path, model, ds, gif: bool = True, max_points: int = 3000) -> list[Path]:
+    """Write the run's figures into ``run/plots`` and return their paths (best effort)."""
+    import torch
+
+    from pushforward import viz
+
+    out = run / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    x = ds.x
+    if x.shape[0] > max_points:
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_points]
+        ds = type(ds)(x=x[idx], context=None if ds.context is None else ds.context[idx], name=ds.name,
+                      target=ds.target, meta=ds.meta)
+    event = tuple(getattr(model, "event_shape", ds.x.shape[1:]))
+    vector = len(event) == 1
+    is_nf = hasattr(model, "transform") and hasattr(model, "base")
+
+    def attempt(name: str, fn) -> None:
+        try:
+            written.append(Path(fn()))
+        except Exception as e:  # one failing figure must not cost the others
+            print(f"pushforward plot: skipped {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                  file=sys.stderr)
+
+    with torch.no_grad():
+        if vector and event[0] <= 2:
+            attempt("density", lambda: viz.plot_density(model, out / "density.png", data=ds))
+
+        def samples_plot():
+            kw = {} if ds.context is None else {"context": ds.context.to(_param_like(model)["device"])}
+            n = ds.x.shape[0]
+            g = torch.Generator(device=_param_like(model)["device"]).manual_seed(0)
+            s = model.sample(n, generator=g, **kw)
+            return viz.plot_samples(s, out / "samples.png", data=ds)
+
+        attempt("samples", samples_plot)
+    if (run / "metrics.jsonl").is_file():
+        attempt("training curves", lambda: viz.plot_training_curves(run / "metrics.jsonl", out / "training_curves.png"))
+    with torch.no_grad():
+        if is_nf and vector and event[0] == 2 and int(getattr(model, "context_dim", 0) or 0) == 0:
+            attempt("grid deformation", lambda: viz.plot_grid_deformation(model, out / "grid_deformation.png", data=ds))
+        if gif and vector and event[0] >= 2 and int(getattr(model, "context_dim", 0) or 0) == 0 and (
+                is_nf or callable(getattr(model, "trajectory", None))):
+            attempt("flow animation", lambda: viz.animate_flow(viz.flow_frames(model, 500), out / "flow.gif", data=ds))
+    return written
+
+
+def _param_like(model) -> dict:
+    import torch
+
+    for p in model.parameters():
+        return {"device": p.device, "dtype": p.dtype}
+    return {"device": torch.device("cpu"), "dtype": torch.float32}
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    run = _require_run(args.dir)
+    model = _load_run_model(args.dir, _device(args.device))
+    model.eval()
+    ds, _ = _eval_data(args, run)
+    written = make_plots(run, model, ds, gif=not args.no_gif)
+    if not written:
+        raise RuntimeError("no figure could be written")
+    for p in written:
+        print(p)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    import pushforward as pf
+    from pushforward import metrics
+
+    out = Path(args.out)
+    if (out / "last.pt").exists():
+        # A demo folder is disposable: start over rather than refuse.
+        for name in ("last.pt", "best.pt", "model.pt", "metrics.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    ds = load_data(args.data, None, 10_000, args.seed)
+    model = pf.build(args.model, dim=int(ds.x.shape[1]))
+    cfg = {"model": args.model, "options": {}, "dim": int(ds.x.shape[1]), "context_dim": 0, "image_shape": None,
+           "data": args.data, "context": None, "n": 10_000, "seed": args.seed, "device": None,
+           "fit": {"max_time": args.max_time}, "pushforward_version": pf.__version__}
+    _write_json(out / "config.json", cfg)
+    print(f"demo: training {args.model} on {args.data} for {args.max_time:g} s (CPU is fine) ...", flush=True)
+    hist = pf.fit(model, ds.x, max_time=args.max_time, out_dir=out, seed=args.seed, device=_device(args.device))
+    pf.save(model, out / "model.pt")
+    model.eval()
+    test = load_data(args.data, None, 5000, args.seed + 1)
+    res = metrics.evaluate(model, test, n_samples=2000, seed=args.seed)
+    summary = {"model": args.model, "data": args.data, "steps": hist.steps, "train_time_s": round(hist.elapsed, 2),
+               "stopped_reason": hist.stopped_reason, "best_val_loss": hist.best_val_loss,
+               **{k: res[k] for k in ("nll", "w2", "mmd", "kl") if k in res}}
+    _write_json(out / "summary.json", summary)
+    text = (f"{args.model} on {args.data}: {hist.steps} steps in {hist.elapsed:.1f} s; "
+            f"test NLL {res.get('nll', math.nan):.3f} nats, W2 {res.get('w2', math.nan):.3f}")
+    (out / "summary.txt").write_text(text + "\n")
+    written = make_plots(out, model, ds, gif=not args.no_gif)
+    print(text)
+    print(f"figures in {out / 'plots'}: " + ", ".join(p.name for p in written))
+    print(f"summary in {out / 'summary.json'}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import pushforward as pf
+
+    desc = pf.describe_models()
+    width = max(map(len, desc), default=0)
+    for name, d in desc.items():
+        print(f"{name:<{width}}  {d}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from pushforward import data
+
+    for name in data.available_datasets():
+        print(name)
+    return 0
+
+
+def _find_bench() -> Path | None:
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        p = root / "benchmarks" / "density.py"
+        if p.is_file():
+            return p
+    return None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    path = _find_bench()
+    if path is None:
+        raise CLIError("benchmarks/density.py not found: run `pushforward bench` from a source checkout of pushforward")
+    old = sys.argv
+    sys.argv = [str(path), *args.bench_args]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    finally:
+        sys.argv = old
+    return 0
+
+
+# ============================================================================ parser
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p = _Parser(prog="pushforward", description="Flow-based generative models: train, sample, evaluate, plot.",
+                parents=[common])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def budget(sp, resume: bool = False):
+        g = sp.add_mutually_exclusive_group()
+        g.add_argument("--max-time", type=float, help="seconds of training" + (" (more)" if resume else " (default 60)"))
+        g.add_argument("--steps", type=int, help="optimizer steps" + (" (more)" if resume else ""))
+        if not resume:
+            g.add_argument("--epochs", type=int, help="passes over the data")
+
+    t = sub.add_parser("train", parents=[common], help="train MODEL on DATA into a run directory")
+    t.add_argument("model", nargs="?", help="model name (see `pushforward models`)")
+    t.add_argument("--data", help="built-in data set name or a .npy/.npz/.csv file")
+    t.add_argument("--context", help="context columns (names or indices, comma-separated) or 'label'")
+    t.add_argument("--n", type=int, help="number of data points (generated sets) or a random subset")
+    budget(t)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--out", help="run directory (default runs/MODEL-DATA)")
+    t.add_argument("--overwrite", action="store_true", help="train into a directory that holds a run")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option (hidden=[64,64]) or fit option (fit.lr=3e-4)")
+    t.add_argument("--config", help="JSON (or TOML) file with the same settings")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("resume", parents=[common], help="continue a run from its last checkpoint")
+    r.add_argument("dir")
+    budget(r, resume=True)
+    r.add_argument("--data", help="data to continue on (default: the run's)")
+    r.add_argument("--device")
+    r.set_defaults(func=cmd_resume)
+
+    s = sub.add_parser("sample", parents=[common], help="draw samples from a trained model")
+    s.add_argument("dir", help="run directory or model file")
+    s.add_argument("-n", type=int, required=True)
+    s.add_argument("-o", "--output", required=True, help="FILE.npy or FILE.csv")
+    s.add_argument("--context", help="conditional models: a JSON list (one row for all) or a .npy/.csv file")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", parents=[common], help="metrics of a trained model as one JSON line")
+    e.add_argument("dir", help="run directory or model file")
+    e.add_argument("--data", help="data (default: a fresh draw of the run's data)")
+    e.add_argument("--context", help="context columns for --data")
+    e.add_argument("--n", type=int)
+    e.add_argument("--n-samples", type=int, default=2000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser("plot", parents=[common], help="figures into DIR/plots/")
+    pl.add_argument("dir")
+    pl.add_argument("--data")
+    pl.add_argument("--context")
+    pl.add_argument("--n", type=int)
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--no-gif", action="store_true")
+    pl.add_argument("--device", default="cpu")
+    pl.set_defaults(func=cmd_plot)
+
+    d = sub.add_parser("demo", parents=[common], help="train nsf on a 2-D data set and plot it")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--max-time", type=float, default=40.0)
+    d.add_argument("--data", default="moons")
+    d.add_argument("--model", default="nsf")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-gif", action="store_true")
+    d.add_argument("--device")
+    d.set_defaults(func=cmd_demo)
+
+    sub.add_parser("models", parents=[common], help="list model names").set_defaults(func=cmd_models)
+    sub.add_parser("datasets", parents=[common], help="list data set names").set_defaults(func=cmd_datasets)
+    b = sub.add_parser("bench", parents=[common], help="run benchmarks/density.py (source checkout)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(msg.split())
+    return msg or type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pushforward`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pushforward import distributed as ddp
+    from pushforward.train import TrainingDivergedError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("pushforward: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, TrainingDivergedError):
+            code = 1
+        elif isinstance(e, USER_ERRORS):
+            code = EXIT_USAGE
+        else:
+            code = 1
+        hint = "" if code == EXIT_USAGE else " (run with --debug for the traceback)"
+        print(f"pushforward {args.command}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return code
+    finally:
+        ddp.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

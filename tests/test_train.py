@@ -1,0 +1,382 @@
+"""pf.fit: budgets, reproducibility, exact resume, divergence, validation, standardization."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pushforward as pf
+from pushforward.train import EMA, History, TrainingDivergedError, load_checkpoint, lr_factor
+
+
+class TinyFlow(pf.FlowModel):
+    """A 2-D affine coupling flow small enough for unit tests.
+
+    ``z1 = (x1 - a) e^{-b}``, ``z2 = (x2 - m(x1, c)) e^{-s(x1, c)}`` with ``m, s`` from an MLP
+    (``s`` bounded by tanh), so ``log p(x) = log N(z) - b - s``.
+    """
+
+    def __init__(self, context_dim: int = 0, hidden: int = 16):
+        super().__init__((2,), context_dim)
+        self.a = nn.Parameter(torch.zeros(1))
+        self.b = nn.Parameter(torch.zeros(1))
+        g = torch.Generator().manual_seed(123)
+        self.net = nn.Sequential(nn.Linear(1 + context_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+    def _ms(self, x1, context):
+        h = x1 if context is None else torch.cat([x1, context], -1)
+        m, s = self.net(h).unbind(-1)
+        return m, 2.0 * torch.tanh(s / 2.0)
+
+    def _log_prob(self, x, context=None):
+        x1, x2 = x[:, :1], x[:, 1]
+        z1 = (x1[:, 0] - self.a) * torch.exp(-self.b)
+        m, s = self._ms(x1, context)
+        z2 = (x2 - m) * torch.exp(-s)
+        z = torch.stack([z1, z2], -1)
+        return -0.5 * (z**2).sum(-1) - math.log(2 * math.pi) - self.b - s
+
+    def _sample(self, n, context, generator=None):
+        z = torch.randn(n, 2, generator=generator, dtype=self.a.dtype, device=self.a.device)
+        x1 = (z[:, :1] * torch.exp(self.b) + self.a)
+        m, s = self._ms(x1, context)
+        return torch.cat([x1, (z[:, 1] * torch.exp(s) + m)[:, None]], -1)
+
+
+class NaNAfter(TinyFlow):
+    """Its loss becomes NaN from the k-th training call on."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def _loss(self, x, context):
+        self.calls += 1
+        loss = super()._loss(x, context)
+        return loss * math.nan if self.calls > self.k else loss
+
+
+class Drift(pf.FlowModel):
+    """loss = theta * mean(x): theta falls on positive training data, so the loss on negative
+    validation data rises (drives early stopping deterministically)."""
+
+    standardize_by_default = False
+
+    def __init__(self):
+        super().__init__((1,))
+        self.theta = nn.Parameter(torch.zeros(()))
+
+    def _loss(self, x, context):
+        return self.theta * x.mean()
+
+
+def moons_like(n=600, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * math.pi
+    x = torch.stack([torch.cos(t), torch.sin(t)], -1) + 0.1 * torch.randn(n, 2, generator=g)
+    return x * torch.tensor([2.0, 0.5]) + torch.tensor([1.0, -3.0])
+
+
+def params_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- basics
+def test_fit_reduces_loss_and_returns_history(tmp_path):
+    x = moons_like()
+    model = TinyFlow()
+    before = -model.log_prob(x).mean().item()
+    h = pf.fit(model, x, steps=60, batch_size=64, lr=1e-2, val_fraction=0.2, out_dir=tmp_path)
+    after = -model.log_prob(x).mean().item()
+    assert isinstance(h, History)
+    assert h.stopped_reason == "steps" and h.steps == 60
+    assert h["step"] == sorted(h["step"]) and h["step"][-1] == 60
+    assert len(h["loss"]) == len(h["lr"]) == len(h["time"]) == len(h["val_loss"])
+    assert math.isfinite(h.best_val_loss) and h.best_val_loss == min(v for v in h["val_loss"] if not math.isnan(v))
+    assert after < before - 0.5
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == h["step"]
+    assert all({"step", "loss", "lr", "time"} <= r.keys() for r in lines)
+    assert any("val_loss" in r for r in lines)
+    assert {"last.pt", "best.pt"} <= {p.name for p in tmp_path.iterdir()}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_budgets_time_and_epochs():
+    x = moons_like(400)
+    h = pf.fit(TinyFlow(), x, max_time=0.5, batch_size=100, val_fraction=0, log_every=2)
+    assert h.stopped_reason == "max_time" and 0.5 <= h.elapsed < 3.0
+    # time-fraction schedule: the cosine anneals over the run
+    assert h["lr"][-1] < 0.5 * max(h["lr"])
+    h = pf.fit(TinyFlow(), x, epochs=3, batch_size=100, val_fraction=0)
+    assert h.stopped_reason == "epochs" and h.steps == 12 and h.epochs == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="budget"):
+        pf.fit(TinyFlow(), x, max_time=None)
+
+
+def test_reproducible_under_seed():
+    x = moons_like()
+    runs = []
+    for seed in (0, 0, 1):
+        m = TinyFlow()
+        h = pf.fit(m, x, steps=30, batch_size=32, seed=seed, ema=0.9)
+        runs.append((h["loss"], h["val_loss"], params_of(m)))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert_same_weights(runs[0][2], runs[1][2])
+    assert runs[0][0] != runs[2][0]
+
+
+def test_fit_leaves_global_rng_alone():
+    model, x = TinyFlow(), moons_like(200)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    pf.fit(model, x, steps=3, batch_size=32)
+    assert torch.equal(torch.rand(3), expected)
+
+
+# --------------------------------------------------------------------------- resume
+FIT = dict(batch_size=32, lr=5e-3, ema=0.95, val_fraction=0.2, schedule="cosine", warmup=3, log_every=3)
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    x = moons_like(300)
+    straight = TinyFlow()
+    h_straight = pf.fit(straight, x, steps=20, **FIT)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, metrics):
+        if step >= 9:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    interrupted = TinyFlow()
+    h_int = pf.fit(interrupted, x, steps=20, out_dir=run, callback=interrupt, **FIT)
+    assert h_int.stopped_reason == "interrupted" and h_int.steps == 9
+    ckpt = load_checkpoint(run)
+    assert ckpt["step"] == 9 and ckpt["optimizer"]["state"]  # Adam moments are saved
+
+    resumed = TinyFlow()  # fresh weights: everything must come from the checkpoint
+    h_res = pf.fit(resumed, x, steps=11, resume=run, out_dir=run, **FIT)
+    assert h_res.steps == 20
+    assert h_res["step"] == h_straight["step"]
+    assert h_res["loss"] == h_straight["loss"]
+    np.testing.assert_array_equal(h_res["val_loss"], h_straight["val_loss"])
+    assert_same_weights(params_of(resumed), params_of(straight))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s)["step"] for s in lines] == h_straight["step"]
+
+    # The test can fail: resuming with a fresh optimizer (no Adam moments) changes the weights.
+    ckpt["optimizer"]["state"] = {}
+    torch.save(ckpt, tmp_path / "no_opt.pt")
+    other = TinyFlow()
+    pf.fit(other, x, steps=11, resume=tmp_path / "no_opt.pt", **FIT)
+    assert not torch.equal(params_of(other)["net.0.weight"], params_of(straight)["net.0.weight"])
+
+
+def test_n_plus_m_steps_equals_straight(tmp_path):
+    x = moons_like(300)
+    kw = dict(batch_size=48, lr=3e-3, schedule="constant", warmup=0, ema=None, val_fraction=0)
+    straight = TinyFlow()
+    h = pf.fit(straight, x, steps=14, **kw)
+    first = TinyFlow()
+    pf.fit(first, x, steps=6, out_dir=tmp_path, **kw)
+    second = TinyFlow()
+    h2 = pf.fit(second, x, steps=8, resume=tmp_path / "last.pt", **kw)
+    assert h2["loss"] == h["loss"]
+    assert_same_weights(params_of(second), params_of(straight))
+
+
+def test_resume_rejects_other_architecture(tmp_path):
+    x = moons_like(200)
+    pf.fit(TinyFlow(), x, steps=2, batch_size=32, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        pf.fit(TinyFlow(hidden=8), x, steps=2, resume=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pf.fit(TinyFlow(), x, steps=2, resume=tmp_path / "missing")
+
+
+def test_checkpoint_keeps_raw_and_ema_weights(tmp_path):
+    x = moons_like(200)
+    m = TinyFlow()
+    pf.fit(m, x, steps=15, batch_size=32, lr=1e-2, ema=0.9, val_fraction=0, out_dir=tmp_path)
+    ckpt = load_checkpoint(tmp_path)
+    shadow = ckpt["ema"]["shadow"]
+    # the model ends with the EMA weights; the raw training weights differ from them
+    for name, p in m.named_parameters():
+        assert torch.equal(p.detach(), shadow[name])
+    assert not torch.equal(ckpt["train_state"]["a"], shadow["a"])
+    assert torch.equal(ckpt["model"]["module"].a.detach(), shadow["a"])
+    loaded = pf.load(tmp_path / "last.pt")
+    torch.testing.assert_close(loaded.log_prob(x), m.log_prob(x))
+
+
+# --------------------------------------------------------------------------- failure paths
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    x = moons_like(200)
+    model = NaNAfter(k=7)
+    with pytest.raises(TrainingDivergedError, match="at step 7") as info:
+        pf.fit(model, x, steps=20, batch_size=32, val_fraction=0, log_every=2, checkpoint_every=2,
+               out_dir=tmp_path)
+    err = info.value
+    assert isinstance(err, FloatingPointError)
+    assert err.step == 7 and math.isfinite(err.last_loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # restored to the weights logged at step 6 (the last good), and last.pt from step 6 is kept
+    assert load_checkpoint(tmp_path)["step"] == 6
+    ckpt_model = load_checkpoint(tmp_path)["model"]["module"]
+    for (_, p), (_, q) in zip(model.named_parameters(), ckpt_model.named_parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_data_is_rejected_up_front():
+    x = moons_like(200)
+    bad = x.clone()
+    bad[17, 1] = math.nan
+    bad[40, 0] = math.inf
+    with pytest.raises(ValueError, match=r"2 non-finite.*\(17, 1\)"):
+        pf.fit(TinyFlow(), bad, steps=1)
+    with pytest.raises(ValueError, match=r"\[200, 3\].*\[2\]"):
+        pf.fit(TinyFlow(), torch.randn(200, 3), steps=1)
+    with pytest.raises(ValueError, match="context has 10 rows but data has 200"):
+        pf.fit(TinyFlow(context_dim=1), x, torch.randn(10, 1), steps=1)
+    with pytest.raises(ValueError, match="conditional"):
+        pf.fit(TinyFlow(context_dim=1), x, steps=1)
+    with pytest.raises(ValueError, match="unconditional"):
+        pf.fit(TinyFlow(), x, torch.randn(200, 1), steps=1)
+    with pytest.raises(ValueError, match="schedule"):
+        pf.fit(TinyFlow(), x, steps=1, schedule="linear")
+
+
+# --------------------------------------------------------------------------- data kinds
+def test_numpy_dataset_dataloader_and_simulator():
+    x = moons_like(256)
+    c = x[:, :1].clone() * 0.5
+    h = pf.fit(TinyFlow(), x.double().numpy(), steps=3, batch_size=32)
+    assert h.steps == 3
+
+    ds = torch.utils.data.TensorDataset(x, c)
+    m = TinyFlow(context_dim=1)
+    h = pf.fit(m, ds, steps=5, batch_size=32, val_fraction=0.25)
+    assert h.steps == 5 and math.isfinite(h.best_val_loss)
+    dl = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False)
+    h = pf.fit(TinyFlow(context_dim=1), dl, epochs=2)
+    assert h.steps == 8 and h.stopped_reason == "epochs"
+
+    def simulator(n):
+        return torch.randn(n, 2) * 3 + 1
+
+    m = TinyFlow()
+    h = pf.fit(m, simulator, steps=4, batch_size=64)
+    assert h.steps == 4 and math.isnan(h.epochs)
+    torch.testing.assert_close(m.data_loc, torch.ones(2), atol=0.15, rtol=0)  # stats from a large draw
+    torch.testing.assert_close(m.data_scale, torch.full((2,), 3.0), atol=0.15, rtol=0)
+    with pytest.raises(ValueError, match="epochs has no meaning"):
+        pf.fit(TinyFlow(), simulator, epochs=1)
+
+
+def test_standardization_is_folded_into_the_model():
+    x = moons_like(400)
+    d = x.shape[1]
+    m1, m2 = TinyFlow(), TinyFlow()
+    kw = dict(steps=40, batch_size=64, lr=5e-3, val_fraction=0, ema=None)
+    pf.fit(m1, x, **kw)
+    pf.fit(m2, 1000.0 * x, **kw)
+    lp1 = m1.log_prob(x)
+    lp2 = m2.log_prob(1000.0 * x)
+    torch.testing.assert_close(lp2, lp1 - d * math.log(1000.0), rtol=1e-4, atol=1e-3)
+    s = m2.sample(2000, generator=torch.Generator().manual_seed(0))
+    assert 300 < s[:, 0].std() < 3000  # samples come out in the user's (scaled) units
+    # without standardization the model does not see the same problem
+    m3 = TinyFlow()
+    pf.fit(m3, x, standardize=False, **kw)
+    assert torch.equal(m3.data_scale, torch.ones(2))
+
+
+# --------------------------------------------------------------------------- options
+def test_early_stopping_keeps_best_weights():
+    x = torch.ones(64, 1)
+    m = Drift()
+    h = pf.fit(m, x, val_data=-torch.ones(16, 1), steps=50, batch_size=16, lr=0.1, schedule="constant",
+               warmup=0, patience=2, eval_every=1, ema=None, clip_grad=None)
+    assert h.stopped_reason == "early_stopping"
+    assert h.best_step == 1 and h.steps == 3
+    assert m.theta.item() == pytest.approx(-0.1, abs=1e-6)  # Adam's first step: -lr
+
+
+def test_lr_schedules():
+    assert lr_factor("constant", 0.5, 10, 0, False, 100) == 1.0
+    assert lr_factor("cosine", 0.0, 0, 10, False, 100) == pytest.approx(0.1)
+    assert lr_factor("cosine", 0.5, 50, 10, False, 100) == pytest.approx(0.5)
+    assert lr_factor("cosine", 1.0, 100, 10, False, 100) == pytest.approx(0.0)
+    assert lr_factor("onecycle", 0.0, 0, 0.3, False, 100) == pytest.approx(1 / 25)
+    assert lr_factor("onecycle", 0.3, 30, 0.3, False, 100) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 1.0, 100, 0.3, False, 100) == pytest.approx(1e-4)
+    assert lr_factor("cosine", 0.01, 0, 0.02, True, None) == pytest.approx(0.5, abs=1e-3)
+    h = pf.fit(TinyFlow(), moons_like(200), steps=20, batch_size=32, schedule="onecycle", lr=1e-2, log_every=1)
+    assert max(h["lr"]) == pytest.approx(1e-2, rel=0.05) and h["lr"][-1] < 1e-3
+    assert np.argmax(h["lr"]) in (4, 5, 6)
+
+
+def test_amp_gradient_checkpointing_and_adamw():
+    x = moons_like(200)
+    h = pf.fit(TinyFlow(), x, steps=5, batch_size=32, amp=True, optimizer="adamw", weight_decay=1e-2)
+    assert h.steps == 5 and all(math.isfinite(v) for v in h["loss"])
+    with pytest.warns(UserWarning, match="gradient checkpointing"):
+        pf.fit(TinyFlow(), x, steps=1, batch_size=32, gradient_checkpointing=True)
+    m = TinyFlow()
+    m.gradient_checkpointing = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pf.fit(m, x, steps=1, batch_size=32, gradient_checkpointing=True)
+    assert m.gradient_checkpointing is True
+    with pytest.raises(ValueError, match="fp16"):
+        pf.fit(TinyFlow(), x, steps=1, amp="fp16")
+
+
+def test_quiet_without_terminal_and_callback_can_stop(capsys):
+    seen = []
+
+    def cb(step, metrics):
+        seen.append((step, sorted(metrics)))
+        return step >= 4
+
+    h = pf.fit(TinyFlow(), moons_like(200), steps=50, batch_size=32, log_every=2, callback=cb)
+    assert h.stopped_reason == "callback" and h.steps == 4
+    assert seen[0] == (2, ["loss", "lr", "step", "time"])
+    assert capsys.readouterr().err == ""
+
+
+def test_ema_helper():
+    m = nn.Linear(2, 1)
+    ema = EMA(m, 0.5)
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m)  # warm-up decay min(0.5, 1/10) = 0.1
+    before = m.weight.detach().clone()
+    with ema.swapped(m):
+        torch.testing.assert_close(m.weight, before - 0.1)
+    assert torch.equal(m.weight, before)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(m, 1.5)
