@@ -707,7 +707,10 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pushforward`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (already printed as one line) and --help
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     from pushforward import distributed as ddp
     from pushforward.train import TrainingDivergedError
 
