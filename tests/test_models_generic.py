@@ -210,15 +210,18 @@ def test_reverse_kl_recovers_a_gaussian_target(name):
     cov = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
     target = torch.distributions.MultivariateNormal(mean, cov)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 400)
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
         opt.zero_grad()
         loss = model.reverse_kl_loss(target.log_prob, n=256, generator=g)
         loss.backward()
         opt.step()
+        sched.step()
     with torch.no_grad():
         s = model.sample(20000, generator=torch.Generator().manual_seed(1))
         final = float(model.reverse_kl_loss(target.log_prob, n=20000, generator=torch.Generator().manual_seed(2)))
-    assert final < 0.02, final  # reverse KL (log Z = 0 for a normalised target)
-    assert torch.allclose(s.mean(0), mean, atol=0.05)
-    assert torch.allclose(torch.cov(s.T), cov, atol=0.06)
+    # Reverse KL is >= 0 (log Z = 0 for a normalised target); a wrong log-det sign cannot get here.
+    assert -0.01 < final < 0.01, final
+    assert torch.allclose(s.mean(0), mean, atol=0.1), s.mean(0)
+    assert torch.allclose(torch.cov(s.T), cov, atol=0.1), torch.cov(s.T)
