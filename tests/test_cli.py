@@ -191,3 +191,14 @@ def test_demo_writes_figures_and_summary(tmp_path, capsys):
     assert summary["model"] == "nsf" and np.isfinite(summary["nll"]) and np.isfinite(summary["w2"])
     assert {"density.png", "samples.png", "training_curves.png"} <= {p.name for p in (out / "plots").iterdir()}
     assert str(Path(out) / "plots") in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.*")), ids=lambda p: p.name)
+def test_example_configs_train(config, tmp_path, capsys):
+    if config.suffix == ".toml" and sys.version_info < (3, 11):
+        pytest.skip("TOML configs need Python >= 3.11")
+    code, _, err = run(capsys, "train", "--config", config, "--steps", 2, "--out", tmp_path / "run")
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model"] and cfg["fit"]["steps"] == 2

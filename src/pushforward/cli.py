@@ -2,7 +2,7 @@
 
 ::
 
-    pushforward train MODEL --data DATA [--context COLS] [--n N] [--max-time S | --steps N]
+    pushforward train MODEL --data DATA [--context COLS] [--n-points N] [--max-time S | --steps N]
                       [--out DIR] [--set key=value ...] [--config FILE] [--seed S] [--device D]
     pushforward resume DIR [--max-time S | --steps N] [--data DATA]
     pushforward sample DIR -n N -o FILE(.npy|.csv) [--context VALUES|FILE]
@@ -631,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", nargs="?", help="model name (see `pushforward models`)")
     t.add_argument("--data", help="built-in data set name or a .npy/.npz/.csv file")
     t.add_argument("--context", help="context columns (names or indices, comma-separated) or 'label'")
-    t.add_argument("--n", type=int, help="number of data points (generated sets) or a random subset")
+    t.add_argument("--n-points", dest="n", type=int, help="number of data points (generated sets) or a random subset")
     budget(t)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("dir", help="run directory or model file")
     e.add_argument("--data", help="data (default: a fresh draw of the run's data)")
     e.add_argument("--context", help="context columns for --data")
-    e.add_argument("--n", type=int)
+    e.add_argument("--n-points", dest="n", type=int)
     e.add_argument("--n-samples", type=int, default=2000)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu")
@@ -674,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("dir")
     pl.add_argument("--data")
     pl.add_argument("--context")
-    pl.add_argument("--n", type=int)
+    pl.add_argument("--n-points", dest="n", type=int)
     pl.add_argument("--seed", type=int, default=0)
     pl.add_argument("--no-gif", action="store_true")
     pl.add_argument("--device", default="cpu")

@@ -753,7 +753,27 @@ class _Trainer:
                 xb = xb.to(self.device, self.dtype)
                 cb = None if cb is None else cb.to(self.device, self.dtype)
                 m.initialize(xb, cb)
+        xb, cb = self.init_batch
+        self.probe_batch = (xb[:64], None if cb is None else cb[:64])
         self.stats_x = self.init_batch = None  # free memory
+
+    def _unused_parameters(self) -> bool:
+        """Whether some trainable parameter gets no gradient from the loss (one probe step).
+
+        DDP must know (``find_unused_parameters``); the extra graph traversal it costs is
+        paid only by models that need it.
+        """
+        xb, cb = self.probe_batch
+        xb = xb.to(self.device, self.dtype)
+        cb = None if cb is None else cb.to(self.device, self.dtype)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self.model.loss(xb, cb).backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        unused = any(p.grad is None for p in params)
+        for p in params:
+            p.grad = None
+        return unused
 
     def _setup_amp(self) -> None:
         amp, dev = self.o["amp"], self.device
@@ -903,7 +923,9 @@ class _Trainer:
         self._setup_model()
         self._setup_amp()
         model.train()
-        self.loss_module = ddp.wrap(model, self.device) if self.dist else None
+        self.loss_module = None
+        if self.dist:
+            self.loss_module = ddp.wrap(model, self.device, find_unused_parameters=self._unused_parameters())
 
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
