@@ -689,9 +689,11 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
         if v is None or isinstance(v, (str, bool, dict, list)):
             continue
         try:
-            pts.append((float(r["step"]), float(v)))
+            pt = (float(r["step"]), float(v))
         except (TypeError, ValueError):
             continue
+        if math.isfinite(pt[1]):  # NaN marks "not evaluated at this step" (fit's History)
+            pts.append(pt)
     if not pts:
         return np.zeros(0), np.zeros(0)
     a = np.asarray(pts)
@@ -721,7 +723,8 @@ def plot_training_curves(
             object per line with ``step``, ``loss``, optionally ``val_loss``, ``lr``, ``time``).
 
     A third panel shows ``grad_norm`` when recorded. Losses can be negative (NLL), so the y
-    axis is linear (its top is the 98th percentile, so early spikes do not flatten the curve).
+    axis is linear; outlying early spikes (beyond ``q90 + 5 (q90 - q10)``) are cut off so they do
+    not flatten the rest of the curve. More than 100 points also get an EMA-smoothed line.
     """
     rows = _records(history_or_metrics_path)
     s_loss, loss = _series(rows, "loss")
@@ -735,17 +738,19 @@ def plot_training_curves(
     fig, axes = _figure(len(panels), 4.2, 3.4)
     ax = axes[0]
     if loss.size:
-        smooth = loss.size > 30
-        ax.plot(s_loss, loss, color=DATA_COLOR, alpha=0.3 if smooth else 1.0, lw=0.8, label="train loss")
+        smooth = loss.size > 100  # few points: an EMA would mostly show its own lag
+        ax.plot(s_loss, loss, color=DATA_COLOR, alpha=0.3 if smooth else 1.0, lw=0.8 if smooth else 1.4,
+                label="train loss")
         if smooth:
-            ax.plot(s_loss, _ema(loss, max(5, loss.size // 30)), color=DATA_COLOR, lw=1.6, label="train (EMA)")
+            ax.plot(s_loss, _ema(loss, max(5, loss.size // 50)), color=DATA_COLOR, lw=1.6, label="train (EMA)")
     if val.size:
         ax.plot(s_val, val, color=SAMPLE_COLOR, lw=1.6, marker="o" if val.size < 40 else None, ms=3, label="val loss")
     fin = np.concatenate([loss[np.isfinite(loss)], val[np.isfinite(val)]])
     if fin.size:  # keep a few huge early losses from flattening the rest of the curve
-        lo, hi = np.percentile(fin, [0, 98])
+        lo, q10, q90, hi = np.percentile(fin, [0, 10, 90, 100])
+        hi = min(hi, q90 + 5 * (q90 - q10)) if q90 > q10 else hi
         span = max(hi - lo, 1e-6)
-        ax.set_ylim(lo - 0.05 * span, hi + 0.15 * span)
+        ax.set_ylim(lo - 0.05 * span, hi + 0.08 * span)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(frameon=False, fontsize=8)
