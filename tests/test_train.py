@@ -163,9 +163,6 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     straight = TinyFlow()
     h_straight = pf.fit(straight, x, steps=20, **FIT)
 
-    class Stop(Exception):
-        pass
-
     def interrupt(step, metrics):
         if step >= 9:
             raise KeyboardInterrupt
@@ -176,6 +173,21 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert h_int.stopped_reason == "interrupted" and h_int.steps == 9
     ckpt = load_checkpoint(run)
     assert ckpt["step"] == 9 and ckpt["optimizer"]["state"]  # Adam moments are saved
+
+    # the interrupted checkpoint holds the optimizer state a straight run has at step 9
+    straight_ckpt = {}
+
+    def grab(step, metrics):
+        if step == 12:
+            straight_ckpt.update(load_checkpoint(tmp_path / "straight"))
+
+    pf.fit(TinyFlow(), x, steps=20, out_dir=tmp_path / "straight", checkpoint_every=9, callback=grab, **FIT)
+    assert straight_ckpt["step"] == 9
+    for i, st in ckpt["optimizer"]["state"].items():
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(st[k], straight_ckpt["optimizer"]["state"][i][k])
+    for k, v in ckpt["ema"]["shadow"].items():
+        assert torch.equal(v, straight_ckpt["ema"]["shadow"][k])
 
     resumed = TinyFlow()  # fresh weights: everything must come from the checkpoint
     h_res = pf.fit(resumed, x, steps=11, resume=run, out_dir=run, **FIT)
@@ -366,6 +378,9 @@ def test_quiet_without_terminal_and_callback_can_stop(capsys):
     assert h.stopped_reason == "callback" and h.steps == 4
     assert seen[0] == (2, ["loss", "lr", "step", "time"])
     assert capsys.readouterr().err == ""
+    pf.fit(TinyFlow(), moons_like(200), steps=5, batch_size=32, progress=True)
+    err = capsys.readouterr().err
+    assert "5/5" in err and "step" in err
 
 
 def test_ema_helper():

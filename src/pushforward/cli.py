@@ -283,9 +283,20 @@ def _summary_line(h, run: Path) -> str:
             f"model in {run / 'model.pt'}")
 
 
+def _json_clean(obj: Any) -> Any:
+    """NaN/inf -> null, so the files are strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(_json_clean(obj), indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -455,7 +466,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if ds.context is not None:
         ds.context = ds.context.to(dev)
     res = metrics.evaluate(model, ds, n_samples=args.n_samples, seed=args.seed)
-    line = json.dumps(res)
+    line = json.dumps(_json_clean(res), allow_nan=False)
     if run is not None:
         _write_json(run / "eval.json", res)
     print(line)

@@ -71,7 +71,7 @@ class History(dict):
     """What :func:`fit` returns: a dict with attribute access.
 
     Lists, one entry per logged step: ``"step"``, ``"loss"`` (mean training loss since the
-    previous log), ``"lr"``, ``"time"`` (seconds of training), ``"val_loss"`` (NaN where no
+    previous log; ``model.loss`` values, i.e. in the model's standardized units), ``"lr"``, ``"time"`` (seconds of training), ``"val_loss"`` (NaN where no
     evaluation happened). Scalars: ``best_val_loss`` (NaN without validation), ``best_step``,
     ``steps`` (total optimizer steps), ``epochs`` (data passes, NaN for simulators),
     ``elapsed`` (seconds), ``stopped_reason`` (``"max_time"``, ``"steps"``, ``"epochs"``,
@@ -607,6 +607,8 @@ class _Trainer:
         if dev is None:
             dev = ddp.default_device() if self.dist and torch.cuda.is_available() else _model_device(self.model)
         self.device = torch.device(dev)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.model.to(self.device)
         self.dtype = _model_dtype(self.model)
 
