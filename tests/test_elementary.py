@@ -230,7 +230,7 @@ def test_residual_eval_mode_is_deterministic_and_accurate():
     b.eval()
     with torch.no_grad():
         a, a2 = b(x)[1], b(x)[1]
-    assert torch.allclose(a, a2, atol=1e-13, rtol=0)  # fixed probes; σ reconverged to rounding
+    assert torch.equal(a, a2)  # fixed probes, and eval mode leaves the power-iteration state alone
     b.eval_probes = 4096  # the fixed-seed series converges to the exact value as probes grow
     with torch.no_grad():
         assert (b(x)[1] - exact).abs().max() < 0.01

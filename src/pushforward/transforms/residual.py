@@ -62,8 +62,8 @@ class SpectralLinear(nn.Module):
 
     ``σ(W)`` is the largest singular value, by power iteration warm-started from the stored
     left vector and run until ``σ`` stops changing (relative ``16 eps``), so the
-    layer is a deterministic function of its weights (to rounding), whatever the stored vector.
-    Only the part acting on ``x`` is normalised: the context weight ``V`` is free, since
+    layer is a deterministic function of its weights (to rounding), whatever the stored vector;
+    the vector is updated in training mode only. Only the part acting on ``x`` is normalised: the context weight ``V`` is free, since
     invertibility needs Lipschitz continuity in ``x`` alone.
 
     Shapes: ``x [N, in]``, ``c [N, context]`` -> ``[N, out]``.
@@ -107,8 +107,10 @@ class SpectralLinear(nn.Module):
                 if prev is not None and abs(cur - prev) <= tol * cur:
                     break
                 prev = cur
-            # Stored in eval mode too: a converged u changes nothing but the next call's cost.
-            self.u.copy_(u)
+            # Not stored in eval mode: evaluation then has no side effects and is bitwise
+            # reproducible (the same start vector gives the same σ).
+            if self.training:
+                self.u.copy_(u)
         # u, v are fresh tensors: the in-place buffer update above cannot touch the graph.
         return u @ (w @ v)
 
