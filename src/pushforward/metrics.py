@@ -124,12 +124,12 @@ def w2(
     all points, not exact W2 on a subsample. Sliced W2 is a different, smaller distance
     (``SW2 <= W2``); in 1-D the exact 1-D formula is used at any size. Images are flattened.
     """
-    import ot
-
     x, y = _pair(x, y)
     if x.shape[1] == 1:
         return float(_w2sq_1d(x, y).sqrt()[0])
     if x.shape[0] <= max_exact and y.shape[0] <= max_exact:
+        import ot
+
         a = torch.full((x.shape[0],), 1.0 / x.shape[0], dtype=torch.float64).numpy()
         b = torch.full((y.shape[0],), 1.0 / y.shape[0], dtype=torch.float64).numpy()
         cost = ot.dist(x.numpy(), y.numpy(), metric="sqeuclidean")
