@@ -1,8 +1,7 @@
 import torch
 
-from pushforward.transforms import Compose, FixedAffine, Identity, Inverse
-
 from _cases import Case
+from pushforward.transforms import Compose, FixedAffine, Identity, Inverse
 
 CASES = [
     Case("identity", lambda: Identity(), (3,), grads_all=True),

@@ -4,11 +4,28 @@ Direction convention: ``forward`` maps data to latent (the normalizing direction
 ``(z, log|det dz/dx|)``; ``inverse`` maps latent to data.
 """
 
-from pushforward.transforms.autoregressive import AffineAutoregressive, MaskedAutoregressive, SplineAutoregressive
+from pushforward.transforms.autoregressive import (
+    AffineAutoregressive,
+    MaskedAutoregressive,
+    SplineAutoregressive,
+)
 from pushforward.transforms.base import Compose, FixedAffine, Identity, Inverse, Transform
 from pushforward.transforms.cdf import MixtureCDF
-from pushforward.transforms.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling, coupling_mask
-from pushforward.transforms.glow import ActNorm2d, AffineCoupling2d, GlowStep, InvertibleConv1x1, MultiScaleGlow, Squeeze
+from pushforward.transforms.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Coupling,
+    SplineCoupling,
+    coupling_mask,
+)
+from pushforward.transforms.glow import (
+    ActNorm2d,
+    AffineCoupling2d,
+    GlowStep,
+    InvertibleConv1x1,
+    MultiScaleGlow,
+    Squeeze,
+)
 from pushforward.transforms.linear import ActNorm, LULinear, Permutation
 from pushforward.transforms.planar import Planar, Radial
 from pushforward.transforms.preprocess import Logit, ScaleToUnit
