@@ -40,7 +40,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     model = TinyFlow()
     try:
-        h = pf.fit(model, _data(), out_dir=os.path.join(out, "run"), **FIT)
+        h = pf.fit(model, _data(), out_dir=os.path.join(out, "run"), device="cpu", **FIT)
         assert dist.is_initialized() and dist.get_world_size() == world
         torch.save({"state": model.state_dict(), "history": dict(h)}, os.path.join(out, f"rank{rank}.pt"))
     finally:

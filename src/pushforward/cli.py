@@ -320,7 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pushforward import distributed as ddp
 
     cfg = resolve_train_config(args)
-    ddp.init_from_env()
+    ddp.init_from_env(device=None if cfg["device"] in (None, "auto") else cfg["device"])
     run = Path(args.out) if args.out else (Path(cfg["out"]) if cfg.get("out") else _run_dir_default(cfg["model"], cfg["data"]))
     if (run / "last.pt").exists() and not args.overwrite:
         raise CLIError(f"{str(run)!r} already holds a run; use `pushforward resume {run}` or --overwrite")
@@ -349,9 +349,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run = _require_run(args.dir)
     cfg = _read_run_config(run)
     ckpt = load_checkpoint(run)
-    ddp.init_from_env()
     if args.device is not None:
         cfg["device"] = args.device
+    ddp.init_from_env(device=None if cfg.get("device") in (None, "auto") else cfg["device"])
     data = args.data or cfg["data"]
     ds = load_data(data, cfg.get("context"), cfg.get("n"), cfg.get("seed", 0))
     fit_opts = dict(cfg.get("fit", {}))

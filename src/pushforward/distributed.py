@@ -66,11 +66,14 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
+def init_from_env(backend: str | None = None, device: str | torch.device | None = None,
+                  timeout_s: float = 1800.0) -> bool:
     """Join the process group described by torchrun's environment variables.
 
     Args:
-        backend: ``"nccl"`` or ``"gloo"``; default NCCL when CUDA is available, else gloo.
+        backend: ``"nccl"`` or ``"gloo"``; default NCCL when CUDA is available and ``device``
+            is not a CPU, else gloo.
+        device: the device training will use (a CPU device selects gloo).
         timeout_s: collective timeout.
 
     Returns:
@@ -84,7 +87,8 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_cpu = device is not None and torch.device(device).type == "cpu"
+        backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))

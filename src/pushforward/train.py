@@ -596,7 +596,7 @@ class _Trainer:
         if want is None:
             want = ddp.is_initialized() and ddp.get_world_size() > 1 or ddp.env_world_size() > 1
         if want:
-            ddp.init_from_env()
+            ddp.init_from_env(device=self.o["device"])
         self.dist = bool(want) and ddp.is_initialized() and ddp.get_world_size() > 1
         self.rank = ddp.get_rank() if self.dist else 0
         self.world = ddp.get_world_size() if self.dist else 1
@@ -605,7 +605,8 @@ class _Trainer:
     def _setup_device(self) -> None:
         dev = self.o["device"]
         if dev is None:
-            dev = ddp.default_device() if self.dist and torch.cuda.is_available() else _model_device(self.model)
+            nccl = self.dist and torch.distributed.get_backend() == "nccl"
+            dev = ddp.default_device() if nccl else _model_device(self.model)
         self.device = torch.device(dev)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
