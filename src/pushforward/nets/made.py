@@ -2,7 +2,8 @@
 
 An MLP whose weight matrices are multiplied by fixed binary masks so that output ``i`` depends
 only on the inputs that come before ``i`` in an *ordering*. With input degrees
-``m(x_i) = rank of i in the ordering`` (1..D), hidden degrees ``m(h) in {1..D-1}``, the masks
+``m(x_i) = rank of i in the ordering`` (1..D), hidden degrees ``m(h) in {1..D-1}``
+(``{0..D-1}`` with a context), the masks
 are ``M[h, x] = [m(h) >= m(x)]`` between hidden layers and ``M[o, h] = [m(o) > m(h)]`` to the
 outputs, so the Jacobian ``d out_i / d x_j`` is zero unless ``m(x_j) < m(x_i)``.
 Context inputs get degree 0 and connect to every hidden unit, so every output may depend on
@@ -102,12 +103,13 @@ class MADE(nn.Module):
         deg_in[perm] = torch.arange(1, self.dim + 1)
         deg_in = torch.cat([deg_in, torch.zeros(self.context_dim, dtype=torch.long)])
         degrees = [deg_in]
+        # Hidden degrees cycle through 1..D-1 (Germain et al.'s deterministic variant) so every
+        # degree is represented. With a context they cycle through 0..D-1: degree-0 units see
+        # only the context, and they are the only path from the context to the first output in
+        # the ordering. With D = 1 and no context, all units get degree 0 (biases only).
+        low = 0 if (self.context_dim or self.dim == 1) else 1
         for h in hidden:
-            # Cycle degrees 1..D-1 so every degree is represented (Germain et al.'s deterministic
-            # variant). With D = 1 no input may reach the output: hidden units get degree 0 and see
-            # only the context and biases.
-            deg_h = torch.arange(h) % max(self.dim - 1, 1) + min(1, self.dim - 1)
-            degrees.append(deg_h)
+            degrees.append(torch.arange(h) % max(self.dim - low, 1) + low)
 
         layers: list[nn.Module] = []
         for d_prev, d_next in zip(degrees[:-1], degrees[1:]):
