@@ -142,6 +142,9 @@ def test_error_paths_exit_2_with_one_line(tmp_path, capsys, data_file):
     for argv, fragments in cases:
         code, _, err = run(capsys, *argv)
         assert_one_line_error(code, err, *fragments)
+    for argv in (["--debug", "train", "nope", "--data", "moons"], ["train", "nope", "--data", "moons", "--debug"]):
+        with pytest.raises(ValueError, match="unknown model"):
+            cli.main(argv)
 
 
 def test_wrong_dimension_for_a_resumed_model(tmp_path, capsys, data_file):

@@ -625,7 +625,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ============================================================================ parser
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    # SUPPRESS: a subcommand's default must not reset a --debug given before the command.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
     p = _Parser(prog="pushforward", description="Flow-based generative models: train, sample, evaluate, plot.",
                 parents=[common])
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -725,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     from pushforward import distributed as ddp
     from pushforward.train import TrainingDivergedError
 
+    args.debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
