@@ -6,5 +6,8 @@ for _mod in (
     "pushforward.builders.coupling_ar",
     "pushforward.builders.elementary",
     "pushforward.builders.glow",
+    "pushforward.builders.continuous",
+    "pushforward.builders.score",
+    "pushforward.builders.matching",
 ):
     importlib.import_module(_mod)

@@ -1,0 +1,1 @@
+"""Builders (filled in by the family's author)."""
