@@ -1,6 +1,7 @@
 """Neural network building blocks."""
 
+from pushforward.nets.made import MADE
 from pushforward.nets.mlp import MLP
 from pushforward.nets.time import SinusoidalEmbedding, TimeMLP
 
-__all__ = ["MLP", "SinusoidalEmbedding", "TimeMLP"]
+__all__ = ["MADE", "MLP", "SinusoidalEmbedding", "TimeMLP"]

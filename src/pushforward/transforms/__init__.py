@@ -8,6 +8,7 @@ from pushforward.transforms.autoregressive import (
     AffineAutoregressive,
     MaskedAutoregressive,
     SplineAutoregressive,
+    inverse_autoregressive,
 )
 from pushforward.transforms.base import Compose, FixedAffine, Identity, Inverse, Transform
 from pushforward.transforms.cdf import MixtureCDF
@@ -18,6 +19,7 @@ from pushforward.transforms.coupling import (
     SplineCoupling,
     coupling_mask,
 )
+from pushforward.transforms.elementwise import Additive, Affine, Chain
 from pushforward.transforms.glow import (
     ActNorm2d,
     AffineCoupling2d,
@@ -30,8 +32,14 @@ from pushforward.transforms.linear import ActNorm, LULinear, Permutation
 from pushforward.transforms.planar import Planar, Radial
 from pushforward.transforms.preprocess import Logit, ScaleToUnit
 from pushforward.transforms.residual import ResidualBlock, ScaleShift
+from pushforward.transforms.splines import RationalQuadraticSpline
 
 __all__ = [
+    "Additive",
+    "Affine",
+    "Chain",
+    "RationalQuadraticSpline",
+    "inverse_autoregressive",
     "ActNorm",
     "ActNorm2d",
     "AdditiveCoupling",
