@@ -30,6 +30,11 @@ class NormalizingFlow(FlowModel):
         >>> flow = pf.NormalizingFlow([...], pf.distributions.StandardNormal(2))  # doctest: +SKIP
     """
 
+    # pf.fit defaults: measured on the 2-D and 10-D density benchmark targets at a 20 s budget
+    # (batch 512 beat 256 on every target; 1024+ with a larger lr destabilised the funnel).
+    default_batch_size = 512
+    default_lr = 1e-3
+
     def __init__(
         self,
         transforms: Transform | Sequence[Transform],
