@@ -177,6 +177,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(RESULTS, "density"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # The first optimizer built in a process imports torch._dynamo (~5 s): pay it before timing.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     rows = []
     for tname in args.targets.split(","):
         target = pf.data.get_target(tname)
