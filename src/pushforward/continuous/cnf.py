@@ -18,12 +18,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pushforward.continuous.divergence import divergence_exact, divergence_hutchinson, make_probe
+from pushforward.continuous.divergence import EXACT_METHODS, divergence_exact, make_probe
 from pushforward.continuous.ode import FIXED_SOLVERS, odeint
 from pushforward.distributions import Distribution, StandardNormal
 from pushforward.models import FlowModel
 
 Velocity = Callable[[Tensor, Tensor], Tensor]  # (x [N, ...], t 0-d) -> [N, ...]
+VelocityDivergence = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # (x, t) -> (u, div u)
+
+
+def _check_field(u: Tensor, x: Tensor) -> None:
+    if u.shape != x.shape:
+        raise ValueError(
+            f"the velocity field must return the shape of its input: got output {list(u.shape)} "
+            f"for input {list(x.shape)}"
+        )
 
 
 def ode_log_prob(
@@ -42,73 +51,115 @@ def ode_log_prob(
     adjoint_params=None,
     t0: float = 0.0,
     t1: float = 1.0,
-) -> tuple[Tensor, int]:
+    exact_method: str = "auto",
+    velocity_divergence: VelocityDivergence | None = None,
+    regularize: bool = False,
+):
     """``log p_{t1}(x)`` of the flow of ``velocity`` from ``p_{t0}`` (instantaneous change of variables).
+
+    Integrates ``d[x, l]/dt = [u_t(x), div u_t(x)]`` from ``t1`` (``x``, ``l = 0``) to ``t0``;
+    then ``log p_{t1}(x) = log p_{t0}(x_{t0}) + l(t0)`` (Chen et al. 2018, eq. 4).
 
     Args:
         velocity: ``(x [N, ...], t) -> [N, ...]``.
         x: points at time ``t1`` ``[N, ...]``.
         base_log_prob: ``log p_{t0}``, ``[N, ...] -> [N]``.
-        exact: exact divergence (D vector-Jacobian products per evaluation) or Hutchinson's
-            estimator with one probe fixed for the whole solve (unbiased in expectation).
+        exact: exact divergence or Hutchinson's estimator with one probe fixed for the whole
+            solve (Grathwohl et al. 2019; unbiased in expectation).
         solver, steps, atol, rtol, adjoint: see :func:`pushforward.continuous.odeint`.
+        probe, generator: Hutchinson probe kind (``"rademacher"``/``"gaussian"``) and its RNG.
+        exact_method: ``"auto"`` (``velocity_divergence`` when given, else the batched VJP),
+            ``"batched"`` or ``"loop"`` (one autograd call per dimension, the reference).
+        velocity_divergence: optional fast exact path ``(x, t) -> (u, div u)`` (e.g. a
+            forward-mode MLP Jacobian, :func:`~pushforward.continuous.divergence.mlp_divergence`).
+        regularize: also integrate the RNODE regularisers (Finlay et al. 2020) along the solve:
+            kinetic energy ``int ||u||^2 dt`` and Jacobian Frobenius norm
+            ``int ||eps^T du/dx||^2 dt`` (Hutchinson, same probe).
     Returns:
-        ``(log_prob [N], nfe)``. Differentiable w.r.t. the velocity's parameters when grad is
-        enabled (training); under ``torch.no_grad()`` the divergence still uses autograd locally.
+        ``(log_prob [N], nfe)``, or ``(log_prob, nfe, kinetic [N], frobenius [N])`` with
+        ``regularize``. Differentiable w.r.t. the velocity's parameters when grad is enabled
+        (training); under ``torch.no_grad()`` the divergence still uses autograd locally.
+    Raises:
+        ValueError: the field's output shape differs from its input's (naming both), unknown
+            solver, tolerances <= 0. NonFiniteError: NaN/inf during the solve (naming t, solver).
     """
+    if exact_method not in EXACT_METHODS:
+        raise ValueError(f"unknown exact_method {exact_method!r}; choose from {', '.join(EXACT_METHODS)}")
+    if float(t0) == float(t1):
+        raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
     train = torch.is_grad_enabled()
     flat_shape = x.shape
-    eps = None if exact else make_probe(x.shape, probe, generator, x.device, x.dtype)
+    need_probe = (not exact) or regularize
+    eps = make_probe(x.shape, probe, generator, x.device, x.dtype) if need_probe else None
+    fast = exact and exact_method == "auto" and velocity_divergence is not None
 
-    def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def dynamics(t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         xt = state[0]
-        with torch.enable_grad():
-            if not xt.requires_grad:
-                xt = xt.detach().requires_grad_(True)
-            u = velocity(xt, t)
-            if exact:
-                div = divergence_exact(u.reshape(u.shape[0], -1), xt, create_graph=train) if xt.dim() == 2 else \
-                    _divergence_exact_nd(u, xt, train)
-            else:
-                div = divergence_hutchinson(u, xt, eps, create_graph=train)
+        vjp = None
+        if fast and not regularize:
+            # Forward-mode path: no autograd graph needed unless training through it.
+            u, div = velocity_divergence(xt, t)
+            _check_field(u, xt)
+        else:
+            with torch.enable_grad():
+                if not xt.requires_grad:
+                    xt = xt.detach().requires_grad_(True)
+                if fast:
+                    u, div = velocity_divergence(xt, t)
+                    _check_field(u, xt)
+                else:
+                    u = velocity(xt, t)
+                    _check_field(u, xt)
+                    if exact:
+                        div = divergence_exact(u, xt, create_graph=train, method=exact_method)
+                if need_probe:
+                    vjp = torch.autograd.grad(u, xt, grad_outputs=eps, create_graph=train, retain_graph=True)[0]
+                    if not exact:
+                        div = (vjp * eps).reshape(xt.shape[0], -1).sum(-1)
+        out = [u, div]
+        if regularize:
+            out += [u.pow(2).reshape(u.shape[0], -1).sum(-1), vjp.pow(2).reshape(u.shape[0], -1).sum(-1)]
         if not train:
-            u, div = u.detach(), div.detach()
-        return u, div
+            out = [o.detach() for o in out]
+        return tuple(out)
 
-    l0 = x.new_zeros(x.shape[0])
-    (xs, ls), nfe = odeint(
-        dynamics, (x, l0), [t1, t0], solver=solver, steps=steps, atol=atol, rtol=rtol,
+    zero = x.new_zeros(x.shape[0])
+    y0 = (x, zero, zero, zero) if regularize else (x, zero)
+    ys, nfe = odeint(
+        dynamics, y0, [t1, t0], solver=solver, steps=steps, atol=atol, rtol=rtol,
         adjoint=adjoint, adjoint_params=adjoint_params, return_nfe=True,
     )
-    x0, l_end = xs[-1], ls[-1]
-    assert x0.shape == flat_shape
-    return base_log_prob(x0) + l_end, nfe
-
-
-def _divergence_exact_nd(u: Tensor, x: Tensor, create_graph: bool) -> Tensor:
-    flat_u = u.reshape(u.shape[0], -1)
-    div = x.new_zeros(x.shape[0])
-    for i in range(flat_u.shape[1]):
-        g = torch.autograd.grad(flat_u[:, i].sum(), x, create_graph=create_graph, retain_graph=True)[0]
-        div = div + g.reshape(g.shape[0], -1)[:, i]
-    return div
+    x0, l_end = ys[0][-1], ys[1][-1]
+    if x0.shape != flat_shape:  # pragma: no cover - guarded by _check_field
+        raise RuntimeError(f"ODE state changed shape from {list(flat_shape)} to {list(x0.shape)}")
+    lp = base_log_prob(x0) + l_end
+    if not regularize:
+        return lp, nfe
+    # The regularisers were integrated from t1 down to t0: flip the sign for t0 < t1.
+    sign = -1.0 if t0 < t1 else 1.0
+    return lp, nfe, sign * ys[2][-1], sign * ys[3][-1]
 
 
 class ContinuousFlow(FlowModel):
     """Base class of ODE-defined models: subclasses implement :meth:`velocity` (standardized units).
 
-    Provides ``sample(n, steps=..., solver=...)``, ``log_prob(x, exact=True|False, ...)``,
+    Provides ``sample(n, steps=..., solver=...)``, ``log_prob(x, exact=True|False|None, ...)``,
     :meth:`trajectory` and an ``nfe`` counter (function evaluations of the last solve).
+    Subclasses whose field allows a cheaper exact divergence than autograd override
+    :meth:`velocity_with_divergence`; ``log_prob`` then uses it.
 
     Attributes:
         default_solver / default_steps: used when a call gives none (fixed-grid solvers use
             ``steps``; adaptive ones ``atol``/``rtol``).
+        exact_max_dim: ``log_prob(exact=None)`` is exact up to this many dimensions, else
+            Hutchinson's estimate (exact costs D Jacobian products per evaluation).
     """
 
     default_solver: str = "dopri5"
     default_steps: int | None = None
     default_atol: float = 1e-5
     default_rtol: float = 1e-5
+    exact_max_dim: int = 10
 
     def __init__(self, event_shape, context_dim: int = 0, base: Distribution | None = None):
         super().__init__(event_shape, context_dim)
@@ -118,6 +169,21 @@ class ContinuousFlow(FlowModel):
     def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """``u_t(x)`` in standardized units: x ``[N, ...]``, t ``[]`` or ``[N]`` -> ``[N, ...]``."""
         raise NotImplementedError
+
+    def velocity_with_divergence(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Optional fast path: ``(u_t(x) [N, ...], div u_t(x) [N])`` exactly, without autograd."""
+        raise NotImplementedError
+
+    def _has_fast_divergence(self) -> bool:
+        return type(self).velocity_with_divergence is not ContinuousFlow.velocity_with_divergence
+
+    def _field(self, context: Tensor | None):
+        def f(t: Tensor, x: Tensor) -> Tensor:
+            u = self.velocity(x, t, context)
+            _check_field(u, x)
+            return u
+
+        return f
 
     def _solver_args(self, solver, steps, atol, rtol) -> dict:
         solver = solver or self.default_solver
@@ -132,18 +198,23 @@ class ContinuousFlow(FlowModel):
 
     def _sample(self, n, context, generator=None, steps=None, solver=None, atol=None, rtol=None, x0=None):
         x0 = self.base.sample(n, context, generator) if x0 is None else x0
-        xs, self.nfe = odeint(
-            lambda t, x: self.velocity(x, t, context), x0, [0.0, 1.0],
-            return_nfe=True, **self._solver_args(solver, steps, atol, rtol),
-        )
+        xs, self.nfe = odeint(self._field(context), x0, [0.0, 1.0], return_nfe=True,
+                              **self._solver_args(solver, steps, atol, rtol))
         return xs[-1]
 
-    def _log_prob(self, x, context=None, exact=True, steps=None, solver=None, atol=None, rtol=None,
-                  probe="rademacher", generator=None, adjoint=False):
+    def _log_prob(self, x, context=None, exact=None, steps=None, solver=None, atol=None, rtol=None,
+                  probe="rademacher", generator=None, adjoint=False, exact_method="auto"):
+        if exact is None:
+            exact = x[0].numel() <= self.exact_max_dim
+        fast = None
+        if self._has_fast_divergence():
+            def fast(y, t):
+                return self.velocity_with_divergence(y, t, context)
         lp, self.nfe = ode_log_prob(
             lambda y, t: self.velocity(y, t, context), x, lambda z: self.base.log_prob(z, context),
             exact=exact, probe=probe, generator=generator, adjoint=adjoint,
             adjoint_params=tuple(self.parameters()) if adjoint else None,
+            exact_method=exact_method, velocity_divergence=fast,
             **self._solver_args(solver, steps, atol, rtol),
         )
         return lp
@@ -168,6 +239,5 @@ class ContinuousFlow(FlowModel):
             x0 = self.base.sample(n, context, generator)
         times = torch.linspace(0.0, 1.0, steps + 1).tolist()
         with torch.no_grad():
-            xs, self.nfe = odeint(lambda t, x: self.velocity(x, t, context), x0, times,
-                                  solver=solver, steps=steps, return_nfe=True)
+            xs, self.nfe = odeint(self._field(context), x0, times, solver=solver, steps=steps, return_nfe=True)
         return self.unstandardize(xs)

@@ -120,6 +120,12 @@ def odeint(
     t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
     if t.dim() != 1 or t.numel() < 2:
         raise ValueError(f"t must be a 1-D sequence of at least 2 times, got shape {list(t.shape)}")
+    dt = t[1:] - t[:-1]
+    if not (bool((dt > 0).all()) or bool((dt < 0).all())):
+        raise ValueError(f"times must be strictly monotonic (increasing or decreasing), got {t.tolist()}")
+    if solver in FIXED_SOLVERS and steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     counted = CountedFunc(func, solver, check_finite)
     if solver in FIXED_SOLVERS and not adjoint:
         out = _fixed_grid(counted, y0, t, FIXED_SOLVERS[solver], 100 if steps is None else steps)
