@@ -1,0 +1,374 @@
+"""Flow matching: paths, conversions, couplings, time samplers, models, guidance, images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.optimize import linear_sum_assignment
+
+import pushforward as pf
+from pushforward.matching import (
+    AffinePath,
+    BetaTime,
+    BrownianBridgePath,
+    CondOTScheduler,
+    CosineScheduler,
+    FlowMatching,
+    IndependentCoupling,
+    LogitNormalTime,
+    OTCoupling,
+    PolynomialScheduler,
+    SinkhornCoupling,
+    UniformTime,
+    VPScheduler,
+    transport_cost,
+)
+from pushforward.nets import TimeMLP
+
+SCHEDULERS = {
+    "ot": CondOTScheduler(),
+    "ot-smin": CondOTScheduler(sigma_min=0.1),
+    "poly": PolynomialScheduler(2.0),
+    "vp": VPScheduler(),
+    "cosine": CosineScheduler(),
+}
+D = torch.float64
+
+
+def _pair(n=16, shape=(3,), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g, dtype=D), 2 + torch.randn(n, *shape, generator=g, dtype=D)
+
+
+# ------------------------------------------------------------------ paths
+@pytest.mark.parametrize("name", ["ot", "poly", "cosine"])
+def test_path_endpoints_are_noise_and_data(name):
+    path = AffinePath(SCHEDULERS[name])
+    x0, x1 = _pair()
+    n = x0.shape[0]
+    assert torch.allclose(path.sample(x0, x1, torch.zeros(n, dtype=D)).x_t, x0, atol=1e-12)
+    assert torch.allclose(path.sample(x0, x1, torch.ones(n, dtype=D)).x_t, x1, atol=1e-12)
+
+
+def test_vp_and_sigma_min_endpoints_are_close():
+    x0, x1 = _pair()
+    n = x0.shape[0]
+    vp = AffinePath(VPScheduler())
+    assert (vp.sample(x0, x1, torch.zeros(n, dtype=D)).x_t - x0).abs().max() < 0.05
+    assert (vp.sample(x0, x1, torch.ones(n, dtype=D)).x_t - x1).abs().max() < 0.05
+    smin = AffinePath(CondOTScheduler(sigma_min=0.1)).sample(x0, x1, torch.ones(n, dtype=D))
+    assert torch.allclose(smin.x_t, x1 + 0.1 * x0)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_target_velocity_is_the_time_derivative(name):
+    path = AffinePath(SCHEDULERS[name])
+    x0, x1 = _pair()
+    t = torch.linspace(0.02, 0.98, x0.shape[0], dtype=D).requires_grad_(True)
+    s = path.sample(x0, x1, t)
+    for j in range(x0.shape[1]):  # row i of x_t depends only on t[i]
+        (g,) = torch.autograd.grad(s.x_t[:, j].sum(), t, retain_graph=True)
+        assert torch.allclose(g, s.dx_t[:, j].detach(), atol=1e-9, rtol=1e-7), name
+
+
+def test_bridge_velocity_is_the_time_derivative_for_fixed_noise():
+    path = BrownianBridgePath(sigma=0.7)
+    x0, x1 = _pair()
+    t = torch.linspace(0.05, 0.95, x0.shape[0], dtype=D).requires_grad_(True)
+    s = path.sample(x0, x1, t, generator=torch.Generator().manual_seed(3))
+    for j in range(x0.shape[1]):
+        (g,) = torch.autograd.grad(s.x_t[:, j].sum(), t, retain_graph=True)
+        assert torch.allclose(g, s.dx_t[:, j].detach(), atol=1e-9)
+    ends = path.sample(x0, x1, torch.cat([torch.zeros(8), torch.ones(8)]).double())
+    assert torch.allclose(ends.x_t[:8], x0[:8]) and torch.allclose(ends.x_t[8:], x1[8:])
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_conversions_recover_the_conditional_quantities(name):
+    path = AffinePath(SCHEDULERS[name])
+    x0, x1 = _pair()
+    t = torch.linspace(0.05, 0.95, x0.shape[0], dtype=D)
+    s = path.sample(x0, x1, t)
+    kw = dict(x_t=s.x_t, t=t)
+    assert torch.allclose(path.target_to_velocity(x1, **kw), s.dx_t, atol=1e-8)
+    assert torch.allclose(path.epsilon_to_velocity(x0, **kw), s.dx_t, atol=1e-8)
+    assert torch.allclose(path.velocity_to_target(s.dx_t, **kw), x1, atol=1e-8)
+    assert torch.allclose(path.velocity_to_epsilon(s.dx_t, **kw), x0, atol=1e-8)
+    assert torch.allclose(path.target_to_epsilon(x1, **kw), x0, atol=1e-8)
+    assert torch.allclose(path.epsilon_to_target(x0, **kw), x1, atol=1e-8)
+    score = path.velocity_to_score(s.dx_t, **kw)
+    assert torch.allclose(score, -x0 / SCHEDULERS[name].sigma(t)[:, None], atol=1e-8)
+    assert torch.allclose(path.score_to_velocity(score, **kw), s.dx_t, atol=1e-8)
+
+
+def test_conversions_broadcast_t_like_sample_does():
+    path = AffinePath(CosineScheduler())
+    x0, x1 = _pair(n=5, shape=(1, 4, 4))
+    ref = path.sample(x0, x1, torch.full((5,), 0.3, dtype=D))
+    for t in (0.3, torch.tensor(0.3, dtype=D), torch.full((5,), 0.3, dtype=D), torch.full((5, 1, 1, 1), 0.3, dtype=D)):
+        assert torch.allclose(path.sample(x0, x1, t).x_t, ref.x_t)
+        assert torch.allclose(path.velocity_to_target(ref.dx_t, ref.x_t, t), x1)
+        assert torch.allclose(path.epsilon_to_velocity(x0, ref.x_t, t), ref.dx_t)
+    with pytest.raises(ValueError, match="entries"):
+        path.sample(x0, x1, torch.full((4,), 0.3, dtype=D))
+    with pytest.raises(ValueError, match="broadcast"):
+        path.velocity_to_target(ref.dx_t, ref.x_t, torch.full((5, 4), 0.3, dtype=D))
+
+
+def _gauss_marginal(path, m, s, x, t):
+    """Closed-form marginal velocity and score for x_1 ~ N(m, diag s^2), x_0 ~ N(0, I)."""
+    sch = path.scheduler
+    t = torch.as_tensor(t, dtype=x.dtype)
+    a, sg, da, ds = sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t)
+    var = a**2 * s**2 + sg**2
+    e_x1 = m + a * s**2 / var * (x - a * m)
+    e_x0 = sg / var * (x - a * m)
+    return da * e_x1 + ds * e_x0, -(x - a * m) / var
+
+
+@pytest.mark.parametrize("name", ["ot", "vp", "cosine"])
+def test_velocity_to_score_of_the_gaussian_marginal(name):
+    path = AffinePath(SCHEDULERS[name])
+    m, s = torch.tensor([1.0, -2.0], dtype=D), torch.tensor([0.5, 2.0], dtype=D)
+    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(1), dtype=D)
+    for t in (0.2, 0.7):
+        u, score = _gauss_marginal(path, m, s, x, t)
+        assert torch.allclose(path.velocity_to_score(u, x, t), score, atol=1e-8)
+
+
+# ------------------------------------------------------------------ couplings
+def _ring(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    ang = 2 * math.pi * torch.randint(0, 8, (n,), generator=g) / 8
+    return 3 * torch.stack([ang.cos(), ang.sin()], -1) + 0.2 * torch.randn(n, 2, generator=g)
+
+
+def _is_row_permutation(a, b):
+    return torch.equal(torch.sort(a[:, 0]).values, torch.sort(b[:, 0]).values)
+
+
+@pytest.mark.parametrize("coupling", [OTCoupling(block_size=None), OTCoupling(block_size=64),
+                                      OTCoupling(block_size=50, solver="emd"), OTCoupling("sinkhorn"),
+                                      SinkhornCoupling(reg=0.05)])
+def test_ot_couplings_lower_the_transport_cost(coupling):
+    x1 = _ring(256, 0)
+    x0 = torch.randn(256, 2, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    indep = float(transport_cost(x0, x1))
+    paired = coupling(x0, x1, generator=g)
+    cost = float(transport_cost(paired, x1))
+    assert cost < 0.5 * indep, (cost, indep)
+    if isinstance(coupling, OTCoupling) and coupling.method == "exact":
+        assert _is_row_permutation(paired, x0)
+    if isinstance(coupling, OTCoupling) and coupling.block_size is None:
+        c = torch.cdist(x1.double(), x0.double()).pow(2).numpy()
+        r, j = linear_sum_assignment(c)
+        assert cost == pytest.approx(float(c[r, j].mean()), rel=1e-5)  # exactly optimal
+
+
+def test_independent_coupling_keeps_pairs():
+    x0, x1 = _pair()
+    assert IndependentCoupling()(x0, x1) is x0
+
+
+def test_condition_aware_ot_pairs_stay_within_class():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (120,), generator=g)
+    context = torch.nn.functional.one_hot(labels, 3).double()
+    x1 = 4.0 * torch.stack([labels.double(), -labels.double()], -1) + torch.randn(120, 2, generator=g, dtype=D)
+    x0 = torch.randn(120, 2, generator=g, dtype=D)
+    for coupling in (OTCoupling(by_context=True, block_size=16), SinkhornCoupling(by_context=True)):
+        paired = coupling(x0, x1, context, generator=g)
+        src = torch.cdist(paired, x0).argmin(1)  # which original noise row each pair took
+        assert torch.equal(labels[src], labels)
+        if isinstance(coupling, OTCoupling):
+            assert torch.equal(torch.sort(src).values, torch.arange(120))
+    # Without by_context, OT mixes classes (the check above can fail).
+    src = torch.cdist(OTCoupling(block_size=None)(x0, x1, context), x0).argmin(1)
+    assert not torch.equal(labels[src], labels)
+
+
+def test_ot_coupling_cost_is_below_a_network_step_at_batch_512():
+    """The default coupling must not dominate the training step (issue requirement)."""
+    import time
+
+    x1 = _ring(512, 3)
+    net = TimeMLP(2, hidden=(128, 128, 128))
+    opt = torch.optim.Adam(net.parameters())
+    x0 = torch.randn(512, 2)
+    t = torch.rand(512)
+
+    def step():
+        opt.zero_grad()
+        (net(x0, t) - x1).pow(2).mean().backward()
+        opt.step()
+
+    coupling = OTCoupling()
+
+    def best(f, r=7):
+        f()
+        out = []
+        for _ in range(r):
+            s = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - s)
+        return min(out)
+
+    assert best(lambda: coupling(x0, x1)) < 1.5 * best(step)
+
+
+# ------------------------------------------------------------------ time samplers
+@pytest.mark.parametrize("sampler", [UniformTime(), LogitNormalTime(), LogitNormalTime(mean=0.5, std=0.8),
+                                     BetaTime()])
+def test_time_samplers_match_their_cdf(sampler):
+    t = sampler.sample(20000, generator=torch.Generator().manual_seed(0), dtype=D)
+    assert t.shape == (20000,) and bool(((t >= 0) & (t <= 1)).all())
+    ks = stats.kstest(t.numpy(), lambda a: sampler.cdf(torch.as_tensor(a, dtype=D)).numpy())
+    assert ks.statistic < 0.012, ks
+    # The check has power: the uniform CDF is rejected for the non-uniform samplers.
+    if not isinstance(sampler, UniformTime):
+        assert stats.kstest(t.numpy(), "uniform").statistic > 0.03
+
+
+def test_beta_time_is_pi0s_convention():
+    t = BetaTime().sample(50000, generator=torch.Generator().manual_seed(1), dtype=D)
+    assert float(t.max()) <= 0.999
+    # Noise level u = 1 - t/0.999 ~ Beta(1.5, 1): mean 0.6, so t is noisy on average (mean ~0.4).
+    assert float(t.mean()) == pytest.approx(0.999 * 0.4, abs=0.005)
+    # logit-normal with mean > 0 favours the noise end (SD3's convention), as in SD3.
+    ln = LogitNormalTime(mean=1.0).sample(50000, generator=torch.Generator().manual_seed(1), dtype=D)
+    assert float(ln.median()) == pytest.approx(1 / (1 + math.e), abs=0.01)
+
+
+# ------------------------------------------------------------------ models
+def _fit(model, sample_x1, steps, batch=512, lr=3e-3, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        opt.zero_grad()
+        model.loss(sample_x1(batch)).backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def test_trained_field_matches_the_closed_form_marginal_velocity():
+    """Gaussian source -> Gaussian target: the OT path's marginal velocity is known in closed form."""
+    m, s = torch.tensor([1.5, -1.0]), torch.tensor([0.5, 1.5])
+    model = FlowMatching((2,), net=TimeMLP(2, hidden=(64, 64)), path=AffinePath("ot"))
+    _fit(model, lambda n: m + s * torch.randn(n, 2), steps=1500)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 2, generator=g)
+    errs, scales = [], []
+    with torch.no_grad():
+        for t in (0.1, 0.5, 0.9):
+            xt = t * (m + s * x) + (1 - t) * torch.randn(2000, 2, generator=g)  # points where p_t has mass
+            u, _ = _gauss_marginal(model.path, m.double(), s.double(), xt.double(), t)
+            errs.append(float((model.velocity(xt, t) - u.float()).pow(2).mean()))
+            scales.append(float(u.pow(2).mean()))
+    assert max(e / sc for e, sc in zip(errs, scales)) < 0.01, (errs, scales)
+    with torch.no_grad():
+        smp = model.sample(20000, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(smp.mean(0), m, atol=0.05), smp.mean(0)
+    assert torch.allclose(smp.std(0), s, atol=0.05), smp.std(0)
+    # The likelihood agrees with the target's density where it has mass.
+    pts = m + s * torch.randn(200, 2, generator=g)
+    with torch.no_grad():
+        lp = model.log_prob(pts)
+    ref = torch.distributions.Normal(m, s).log_prob(pts).sum(-1)
+    assert float((lp - ref).abs().mean()) < 0.05
+
+
+def test_log_prob_has_gradients_and_default_sampler_uses_few_steps():
+    model = pf.build("fm", dim=2)
+    x = torch.randn(8, 2)
+    model.log_prob(x).sum().backward()
+    assert all(p.grad is not None for p in model.net.parameters())
+    model.sample(4)
+    assert model.nfe == 32  # midpoint, 16 steps
+    model.sample(4, steps=4, solver="euler")
+    assert model.nfe == 4
+
+
+def test_guidance_scale_one_equals_the_conditional_model():
+    torch.manual_seed(0)
+    model = pf.build("fm", dim=2, context_dim=3, cond_drop=0.2)
+    with torch.no_grad():
+        model.null_context.normal_()
+    x, c = torch.randn(16, 2), torch.randn(16, 3)
+    t = torch.rand(16)
+    with torch.no_grad():
+        cond, null = model.net(x, t, c), model.net(x, t, model.null_context.expand(16, 3))
+        assert torch.allclose(model.velocity(x, t, c, guidance=1.0), cond)
+        assert torch.allclose(model.velocity(x, t, c, guidance=0.0), null)
+        assert torch.allclose(model.velocity(x, t, c, guidance=2.5), null + 2.5 * (cond - null), atol=1e-6)
+        a = model.sample(16, context=c, generator=torch.Generator().manual_seed(1), guidance=1.0)
+        x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+        xs = pf.continuous.odeint(lambda s, y: model.net(y, s, c), x0, [0.0, 1.0], solver="midpoint", steps=16)
+        assert torch.allclose(a, xs[-1], atol=1e-6)
+        b = model.sample(16, context=c, generator=torch.Generator().manual_seed(1), guidance=3.0)
+        assert not torch.allclose(a, b)
+    plain = pf.build("fm", dim=2, context_dim=3)
+    with pytest.raises(ValueError, match="cond_drop"):
+        plain.sample(4, context=c[:4], guidance=2.0)
+
+
+def test_condition_dropout_trains_the_null_context():
+    model = pf.build("fm", dim=2, context_dim=3, cond_drop=0.5)
+    model.loss(torch.randn(64, 2), torch.randn(64, 3)).backward()
+    assert model.null_context.grad is not None and float(model.null_context.grad.abs().sum()) > 0
+
+
+def test_builder_options_and_errors():
+    assert isinstance(pf.build("ot-fm", dim=2).coupling, OTCoupling)
+    assert isinstance(pf.build("vp-fm", dim=2).path.scheduler, VPScheduler)
+    assert isinstance(pf.build("sb-fm", dim=2).path, BrownianBridgePath)
+    assert isinstance(pf.build("fm", dim=2, time_sampler="beta").time_sampler, BetaTime)
+    with pytest.raises(ValueError, match="path"):
+        pf.build("fm", dim=2, path="straight")
+    with pytest.raises(ValueError, match="by_context"):
+        pf.build("ot-fm", dim=2, by_context=True)
+    with pytest.raises(ValueError, match="sigma_min"):
+        pf.build("vp-fm", dim=2, sigma_min=0.1)
+    with pytest.raises(ValueError, match="cond_drop"):
+        pf.build("fm", dim=2, cond_drop=0.1)
+    with pytest.raises(TypeError, match="option"):
+        pf.build("fm", dim=2, hiden=(3,))
+
+
+def test_image_model_with_unet_and_labels():
+    labels = torch.arange(12) % 4
+    c = torch.nn.functional.one_hot(labels, 4).float()
+    model = pf.build("ot-fm", image_shape=(1, 8, 8), context_dim=4, cond_drop=0.1, by_context=True, width=16)
+    assert type(model.net).__name__ == "UNet" and not model.standardize_by_default
+    x = torch.randn(12, 1, 8, 8)
+    loss = model.loss(x, c)
+    assert loss.shape == ()
+    loss.backward()
+    assert all(p.grad is not None for p in model.net.parameters())
+    with torch.no_grad():
+        s = model.sample(12, context=c, guidance=2.0, steps=2)
+        lp = model.log_prob(x[:3], c[:3], solver="euler", steps=2)
+        lpe = model.log_prob(x[:3], c[:3], solver="euler", steps=2, exact=True)
+    assert s.shape == (12, 1, 8, 8) and torch.isfinite(s).all()
+    assert lp.shape == (3,) and torch.isfinite(lp).all() and torch.isfinite(lpe).all()
+    assert model.net(x, torch.rand(12), c).shape == x.shape
+
+
+def test_fit_trains_ot_fm_end_to_end():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(4000, 2, generator=g)
+    data = torch.stack([z[:, 0], 0.8 * z[:, 0] + 0.6 * z[:, 1]], -1) * torch.tensor([2.0, 3.0]) + torch.tensor([1.0, -1.0])
+    model = pf.build("ot-fm", dim=2, hidden=(64, 64))
+    hist = pf.fit(model, data, steps=300, lr=3e-3, seed=0, progress=False, val_fraction=0.0)
+    assert hist.loss[-1] < hist.loss[0]
+    with torch.no_grad():
+        s = model.sample(4000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(s.mean(0), data.mean(0), atol=0.15), s.mean(0)  # user units (standardization folded)
+    assert torch.allclose(s.std(0), data.std(0), rtol=0.06), s.std(0)
+    assert float(torch.corrcoef(s.T)[0, 1]) == pytest.approx(0.8, abs=0.04)
