@@ -328,3 +328,20 @@ def test_bad_solver_arguments():
         ode_log_prob(lambda y, t: y, x, std_normal_lp, exact_method="jacrev")
     with pytest.raises(ValueError, match="t0 and t1 must differ"):
         ode_log_prob(lambda y, t: y, x, std_normal_lp, t0=1.0, t1=1.0)
+
+
+def test_forward_mode_mlp_divergence_in_chunks(monkeypatch):
+    import pushforward.continuous.divergence as dv
+
+    monkeypatch.setattr(dv, "_CHUNK_ELEMENTS", 40)  # 40 // (3 * 8) = 1 row per chunk
+    g = torch.Generator().manual_seed(1)
+    ws = [torch.randn(8, 4, generator=g, dtype=D64), torch.randn(3, 8, generator=g, dtype=D64)]
+    bs = [torch.randn(8, generator=g, dtype=D64), None]
+    gates = [torch.rand(5, 8, generator=g, dtype=D64), torch.rand(1, 3, generator=g, dtype=D64)]
+    extra = torch.randn(5, 1, generator=g, dtype=D64)
+    x = torch.randn(5, 3, generator=g, dtype=D64, requires_grad=True)
+    u, div = mlp_divergence(x, ws, bs, "tanh", gates, None, extra_input=extra)
+    h = torch.tanh((torch.cat([x, extra], -1) @ ws[0].T + bs[0]) * gates[0])
+    ref = (h @ ws[1].T) * gates[1]
+    assert torch.allclose(u, ref, atol=1e-12)
+    assert torch.allclose(div, divergence_exact(ref, x), atol=1e-10)

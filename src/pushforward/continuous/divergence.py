@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 EXACT_METHODS = ("auto", "batched", "loop")
+_CHUNK_ELEMENTS = 1 << 18  # Jacobian entries per chunk in mlp_divergence (1 MiB in float32)
 
 
 def divergence_exact(u: Tensor, x: Tensor, create_graph: bool = False, method: str = "loop") -> Tensor:
@@ -147,24 +148,42 @@ def mlp_divergence(
         ``(u [N, D], div [N])``; differentiable w.r.t. the weights (training) when grad is on.
     """
     d = x.shape[1]
+    rows = max(1, _CHUNK_ELEMENTS // (d * max(w.shape[0] for w in weights)))
+    if x.shape[0] > rows:
+        # The Jacobian is D times the size of the activations: chunks keep it in cache.
+        def part(v, i):
+            return v if v is None or v.shape[0] == 1 else v[i:i + rows]
+
+        outs = [
+            mlp_divergence(
+                x[i:i + rows], weights, biases, activation,
+                None if gates is None else [part(g, i) for g in gates],
+                None if shifts is None else [part(s, i) for s in shifts],
+                part(extra_input, i),
+            )
+            for i in range(0, x.shape[0], rows)
+        ]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
     h = x if extra_input is None else torch.cat([x, extra_input], dim=-1)
-    jac = None
+    jac = None  # dh_{k-1}/dx as [N, D, H_{k-1}], or None while it is the identity (h_0 = x)
     last = len(weights) - 1
     for k, w in enumerate(weights):
         a = F.linear(h, w, biases[k])
-        if k == 0:
-            jw = w[:, :d].T.unsqueeze(0)  # [1, D, H]: d(x W^T)/dx
-        else:
-            jw = jac @ w.T  # [N, D, H_k]
         g = gates[k] if gates is not None else None
         if g is not None:
             a = a * g
-            jw = jw * g.unsqueeze(1)
         if shifts is not None and shifts[k] is not None:
             a = a + shifts[k]
         if k == last:
-            return a, torch.diagonal(jw.expand(x.shape[0], -1, -1), dim1=1, dim2=2).sum(-1)
+            # Only the diagonal of J_L = (J_{L-1} W^T) * g is needed: no GEMM.
+            w_x = w[:, :d] if jac is None else w
+            diag = (w_x.diagonal() if jac is None else (jac * w).sum(-1))
+            if g is not None:
+                diag = diag * g
+            return a, diag.expand(x.shape[0], d).sum(-1)
         h, dh = activation_and_derivative(activation, a)
-        jac = jw * dh.unsqueeze(1)
+        scale = dh if g is None else dh * g  # [N, H]: one broadcast multiply of the Jacobian below
+        jw = w[:, :d].T.unsqueeze(0) if jac is None else jac @ w.T
+        jac = jw * scale.unsqueeze(1)
     raise ValueError("mlp_divergence needs at least one layer")
 
