@@ -1,0 +1,364 @@
+"""Score-based generative models: denoising score matching, reverse-SDE samplers and the
+probability-flow ODE (Song et al. 2021, "Score-Based Generative Modeling through Stochastic
+Differential Equations"; Song et al. 2021b, "Maximum Likelihood Training of Score-Based Diffusion
+Models").
+
+Time. The SDE runs in diffusion time ``s`` (``s = 0`` data, ``s = 1`` noise), the library in
+``t = 1 - s`` (``t = 0`` noise, ``t = 1`` data; DESIGN.md). Public methods of
+:class:`ScoreModel` (``velocity``, ``score``, ``eps``, ``denoise``) take the library's ``t``; the
+network and the SDE see ``s``. The model is a :class:`~pushforward.continuous.ContinuousFlow`
+whose base (at ``t = 0``) is the SDE prior at ``s = 1`` (``N(0, I)`` for VP/sub-VP,
+``N(0, sigma_max^2 I)`` for VE) and whose ODE stops at ``t = 1 - s_eps``: samples and
+densities are those of ``p_{s_eps}`` (see :mod:`pushforward.score.sde`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pushforward.continuous.cnf import ContinuousFlow, ode_log_prob
+from pushforward.continuous.ode import SOLVERS, odeint
+from pushforward.nets import TimeMLP
+from pushforward.score.conversions import velocity_from_eps, x0_from_eps
+from pushforward.score.sde import SDE, SDEPrior, TimeLike, broadcast_time
+
+PARAMETRIZATIONS = ("eps", "score")
+WEIGHTINGS = ("sigma2", "likelihood")
+SAMPLERS = ("ode", "em", "pc")
+
+
+def _choice(value, options, name):
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class ScoreModel(ContinuousFlow):
+    """A score-based model: a time-conditioned network on a forward SDE, trained by denoising
+    score matching (DSM), sampled by the reverse SDE or the probability-flow (PF) ODE.
+
+    Network. By default the network predicts the noise ``eps`` of ``x_s = m(s) x_0 + sigma(s)
+    eps`` (``parametrization="eps"``; ``score = -eps / sigma``) or, with ``"score"``, the score
+    itself. With ``gaussian_skip`` (default) the output is added to the exact prediction for
+    standardized data ``N(0, I)`` (``eps = sigma x / (m^2 + sigma^2)``, ``score = -x / (m^2 +
+    sigma^2)``) and the last layer starts at zero, so an untrained model is exactly ``N(0, I)``
+    in standardized units and the network learns only the departure from it (the Gaussian part
+    of the skip connection of Karras et al. 2022, "EDM"). The network is called as
+    ``net(x [N, D], s [N], context [N, C] | None)`` with the *diffusion* time ``s``.
+
+    Loss (DSM; Vincent 2011, Song et al. 2021 eq. 7), per dimension::
+
+        L = E_{s, x_0, eps} [ lambda(s) / sigma(s)^2 * ||eps_theta(x_s, s) - eps||^2 ] / D
+
+    ``weighting="sigma2"`` (default): ``lambda = sigma^2``, the plain eps-prediction MSE of Ho et
+    al. (2020) with ``s ~ U[s_eps, 1]``. ``"likelihood"``: ``lambda = g(s)^2`` (Song et al.
+    2021b), for which ``D/2 (1 - s_eps) L`` is the score-matching term of the bound on
+    ``-log p_{s_eps}``; its weight ``g^2 / sigma^2`` grows like ``1/s`` for VP, so by default
+    (``importance=True``) ``s`` is drawn from a density proportional to it (tabulated inverse CDF
+    on a log-spaced grid) and reweighted by ``w(s) / q(s)``: the same expectation, far less
+    variance. For VE, ``g^2 / sigma^2`` is constant and both weightings coincide up to scale.
+
+    Samplers (``sample(n, sampler=...)``):
+
+    * ``"ode"``: the PF ODE ``dx/dt = -(f(x, s) - 1/2 g(s)^2 score)`` from the prior at ``t = 0``
+      to ``t = 1 - s_eps``, with :func:`pushforward.continuous.odeint` (``solver``, ``steps``,
+      ``atol``, ``rtol``); deterministic given the prior draw, and the same flow as ``log_prob``.
+    * ``"em"``: Euler–Maruyama on the reverse SDE ``dx = [f - g^2 score] ds + g dw_bar`` over
+      ``steps`` uniform steps from ``s = 1`` to ``s_eps``.
+    * ``"pc"``: predictor–corrector (Song et al. 2021, Alg. 2/3): at each step
+      ``corrector_steps`` Langevin moves ``x += e score + sqrt(2 e) z`` with
+      ``e = 2 alpha (snr ||z|| / ||score||)^2`` (norms averaged over the batch, as in the
+      paper's code; ``alpha = m(s_next)^2 / m(s)^2``, 1 for VE), then one EM step.
+    * ``denoise_last_step`` (EM/PC): return Tweedie's ``E[x_0 | x_{s_eps}] = (x + sigma^2
+      score) / m`` instead of the last noisy state.
+
+    EM/PC run under ``torch.no_grad()``; the ODE sampler follows the caller's grad mode.
+
+    Args:
+        event_shape: ``(D,)`` (or an int ``D``).
+        sde: a :class:`~pushforward.score.sde.SDE` (VP, sub-VP, VE).
+        context_dim: conditioning size ``C`` (0: unconditional; the prior is unconditional).
+        net: a module ``(x, s, context) -> [N, D]``; default a :class:`~pushforward.nets.TimeMLP`.
+        parametrization: ``"eps"`` or ``"score"``. weighting: ``"sigma2"`` or ``"likelihood"``.
+        importance: importance-sample ``s`` (only with ``"likelihood"``; default True there).
+        gaussian_skip: add the ``N(0, I)`` prediction and zero-init the last layer (see above).
+        hidden, time_embed, activation: the default network's options.
+        sampler, sde_steps, snr, corrector_steps, denoise_last_step: sampler defaults.
+        solver, steps, atol, rtol: ODE defaults (``sample(sampler="ode")`` and ``log_prob``).
+    """
+
+    default_ema = 0.999
+    default_lr = 2e-3
+    default_batch_size = 512
+
+    def __init__(
+        self,
+        event_shape: int | Sequence[int],
+        sde: SDE,
+        context_dim: int = 0,
+        net: nn.Module | None = None,
+        *,
+        parametrization: str = "eps",
+        weighting: str = "sigma2",
+        importance: bool | None = None,
+        gaussian_skip: bool = True,
+        hidden: Sequence[int] = (128, 128, 128),
+        time_embed: int = 0,
+        activation: str = "silu",
+        sampler: str = "ode",
+        sde_steps: int = 500,
+        snr: float = 0.16,
+        corrector_steps: int = 1,
+        denoise_last_step: bool = True,
+        solver: str = "dopri5",
+        steps: int | None = None,
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+    ):
+        event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be a pushforward.score.SDE, got {type(sde).__name__}")
+        super().__init__(event_shape, context_dim, base=SDEPrior(event_shape, sde.prior_std))
+        self.sde = sde
+        self.parametrization = _choice(parametrization, PARAMETRIZATIONS, "parametrization")
+        self.weighting = _choice(weighting, WEIGHTINGS, "weighting")
+        if importance is None:
+            importance = weighting == "likelihood"
+        if importance and weighting != "likelihood":
+            raise ValueError("importance=True needs weighting='likelihood' (sigma2 weighting is flat in s)")
+        self.importance = bool(importance)
+        self.gaussian_skip = bool(gaussian_skip)
+        self.default_sampler = _choice(sampler, SAMPLERS, "sampler")
+        self.default_sde_steps = _positive_int(sde_steps, "sde_steps")
+        self.default_corrector_steps = _positive_int(corrector_steps, "corrector_steps")
+        if not (isinstance(snr, (int, float)) and snr > 0):
+            raise ValueError(f"snr must be positive, got {snr!r}")
+        self.default_snr = float(snr)
+        self.default_denoise = bool(denoise_last_step)
+        _choice(solver, SOLVERS, "solver")
+        if steps is not None:
+            _positive_int(steps, "steps")
+        if not (atol > 0 and rtol > 0):
+            raise ValueError(f"atol and rtol must be > 0, got atol={atol!r}, rtol={rtol!r}")
+        self.default_solver, self.default_steps = solver, steps
+        self.default_atol, self.default_rtol = atol, rtol
+        if net is None:
+            if len(event_shape) != 1:
+                raise ValueError(f"the default network needs vector data (D,), got event_shape {event_shape}; "
+                                 "pass net=")
+            net = TimeMLP(event_shape[0], event_shape[0], context_dim, hidden, time_embed, activation)
+            if gaussian_skip:
+                last = net.net[-1]
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+        self.net = net
+        if self.importance:
+            grid, cdf = self._importance_table()
+            self.register_buffer("_is_grid", grid, persistent=False)
+            self.register_buffer("_is_cdf", cdf, persistent=False)
+
+    # ------------------------------------------------------------------ time
+    @property
+    def s_eps(self) -> float:
+        """Smallest diffusion time (the ODE and samplers stop at ``t = 1 - s_eps``)."""
+        return self.sde.s_eps
+
+    @property
+    def t_end(self) -> float:
+        """Library time where sampling and likelihood stop: ``1 - s_eps``."""
+        return 1.0 - self.sde.s_eps
+
+    def _s_vec(self, s: TimeLike, x: Tensor) -> Tensor:
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        return s.reshape(-1).expand(x.shape[0]) if s.numel() == 1 else s.reshape(x.shape[0])
+
+    # ------------------------------------------------------------------ predictions (diffusion time)
+    def _gauss_var(self, sb: Tensor) -> Tensor:
+        m = self.sde.mean_coeff(sb)
+        return m * m + self.sde.std(sb).pow(2)
+
+    def _net(self, x: Tensor, s: Tensor, context: Tensor | None) -> Tensor:
+        return self.net(x, self._s_vec(s, x), context)
+
+    def eps_s(self, x: Tensor, s: TimeLike, context: Tensor | None = None) -> Tensor:
+        """Predicted noise ``E[eps | x_s = x]`` at diffusion time ``s``, standardized units ``[N, ...]``."""
+        sb = broadcast_time(self._s_vec(s, x), x)
+        out = self._net(x, sb, context)
+        if self.parametrization == "eps":
+            if self.gaussian_skip:
+                out = out + self.sde.std(sb) * x / self._gauss_var(sb)
+            return out
+        return -self.sde.std(sb) * self.score_s(x, s, context, _out=out)
+
+    def score_s(self, x: Tensor, s: TimeLike, context: Tensor | None = None, _out: Tensor | None = None) -> Tensor:
+        """Predicted score ``grad_x log p_s(x)`` at diffusion time ``s``, standardized units ``[N, ...]``."""
+        sb = broadcast_time(self._s_vec(s, x), x)
+        if self.parametrization == "eps":
+            return -self.eps_s(x, s, context) / self.sde.std(sb)
+        out = self._net(x, sb, context) if _out is None else _out
+        if self.gaussian_skip:
+            out = out - x / self._gauss_var(sb)
+        return out
+
+    # ------------------------------------------------------------------ predictions (library time)
+    def eps(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> Tensor:
+        """Predicted noise at library time ``t`` (``s = 1 - t``), standardized units."""
+        return self.eps_s(x, 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device), context)
+
+    def score(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> Tensor:
+        """Score ``grad_x log p(x)`` of the model's marginal at library time ``t`` (``s = 1 - t``),
+        standardized units: x ``[N, D]``, t float/``[]``/``[N]`` -> ``[N, D]``."""
+        return self.score_s(x, 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device), context)
+
+    def denoise(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> Tensor:
+        """Tweedie's estimate ``E[x_0 | x_s = x]`` at library time ``t`` (``s = 1 - t``)."""
+        s = 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return x0_from_eps(x, self.eps_s(x, s, context), self._s_vec(s, x), self.sde)
+
+    def velocity(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> Tensor:
+        """PF-ODE velocity in library time: ``dx/dt = -(f(x, s) - 1/2 g(s)^2 score)`` at ``s = 1 - t``.
+
+        ``x`` ``[N, D]``, ``t`` float/``[]``/``[N]`` -> ``[N, D]`` (standardized units). Defined on
+        ``t`` in ``[0, 1 - s_eps]``; the marginal it transports from the prior is ``p_{1 - t}``.
+        Outside that interval ``t`` is clamped into it: adaptive solvers probe beyond the ends
+        (torchdiffeq's first-step heuristic jumps far past ``t = 0``, where the PF-ODE of a
+        prior-matched SDE is nearly at rest) and the SDE coefficients are not defined there.
+        """
+        s = 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        s = self._s_vec(s.clamp(self.s_eps, 1.0), x)
+        return velocity_from_eps(x, self.eps_s(x, s, context), s, self.sde)
+
+    # ------------------------------------------------------------------ loss
+    def _importance_table(self, k: int = 2048) -> tuple[Tensor, Tensor]:
+        """Log-spaced grid on ``[s_eps, 1]`` and the normalised CDF of ``g^2 / sigma^2`` on it."""
+        grid = torch.logspace(math.log10(self.s_eps), 0.0, k, dtype=torch.float64)
+        w = self._lik_weight(grid)
+        cdf = torch.cat([grid.new_zeros(1), torch.cumsum(0.5 * (w[1:] + w[:-1]) * (grid[1:] - grid[:-1]), 0)])
+        return grid, cdf / cdf[-1]
+
+    def _lik_weight(self, s: Tensor) -> Tensor:
+        return self.sde.diffusion(s).pow(2) / self.sde.std(s).pow(2)
+
+    def _draw_time(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``s [n]`` and the per-sample weight of ``||eps_theta - eps||^2`` (see class doc)."""
+        u = torch.rand(n, dtype=like.dtype, device=like.device)
+        if not self.importance:
+            s = self.s_eps + (1.0 - self.s_eps) * u
+            w = self._lik_weight(s) if self.weighting == "likelihood" else torch.ones_like(s)
+            return s, w
+        grid, cdf = self._is_grid.to(like), self._is_cdf.to(like)
+        k = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, grid.shape[0] - 2)
+        ds, dc = grid[k + 1] - grid[k], cdf[k + 1] - cdf[k]
+        s = grid[k] + (u - cdf[k]) / dc * ds
+        q = dc / ds  # density of the piecewise-linear CDF on cell k
+        return s, self._lik_weight(s) / (q * (1.0 - self.s_eps))
+
+    def _loss(self, x: Tensor, context: Tensor | None) -> Tensor:
+        n = x.shape[0]
+        s, w = self._draw_time(n, x)
+        xs, noise = self.sde.perturb(x, s)
+        err = (self.eps_s(xs, s, context) - noise).pow(2).reshape(n, -1).mean(-1)
+        return (w * err).mean()
+
+    def dsm_loss(self, x: Tensor, s: Tensor, noise: Tensor, context: Tensor | None = None) -> Tensor:
+        """Per-sample DSM error ``||eps_theta(x_s, s) - eps||^2 / D`` at given ``s [N]`` and
+        ``noise [N, D]`` (standardized units; no weighting) -> ``[N]``. For checks and plots."""
+        xs, _ = self.sde.perturb(x, s, noise)
+        return (self.eps_s(xs, s, context) - noise).pow(2).reshape(x.shape[0], -1).mean(-1)
+
+    # ------------------------------------------------------------------ ODE: sample, log_prob
+    def _sample(self, n, context, generator=None, sampler=None, steps=None, solver=None, atol=None,
+                rtol=None, snr=None, corrector_steps=None, denoise_last_step=None, x0=None):
+        sampler = _choice(sampler or self.default_sampler, SAMPLERS, "sampler")
+        x0 = self.base.sample(n, context, generator) if x0 is None else x0
+        if sampler == "ode":
+            xs, self.nfe = odeint(
+                lambda t, x: self.velocity(x, t, context), x0, [0.0, self.t_end],
+                return_nfe=True, **self._solver_args(solver, steps, atol, rtol),
+            )
+            x = xs[-1]
+            if denoise_last_step:
+                x = self.denoise(x, self.t_end, context)
+            return x
+        with torch.no_grad():
+            return self._sde_sample(
+                x0, context, generator,
+                _positive_int(steps if steps is not None else self.default_sde_steps, "steps"),
+                sampler == "pc",
+                self.default_snr if snr is None else float(snr),
+                _positive_int(corrector_steps if corrector_steps is not None else self.default_corrector_steps,
+                              "corrector_steps"),
+                self.default_denoise if denoise_last_step is None else bool(denoise_last_step),
+            )
+
+    def _sde_sample(self, x, context, generator, steps, corrector, snr, corrector_steps, denoise):
+        sde, n = self.sde, x.shape[0]
+        grid = torch.linspace(1.0, self.s_eps, steps + 1, dtype=torch.float64).tolist()
+        nfe = 0
+
+        def randn():
+            return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+        for s, s_next in zip(grid[:-1], grid[1:]):
+            h = s - s_next
+            st = x.new_tensor(s)
+            if corrector:
+                m_now, m_next = sde.mean_coeff(st), sde.mean_coeff(x.new_tensor(s_next))
+                alpha = (m_next / m_now).pow(2)
+                for _ in range(corrector_steps):
+                    grad = self.score_s(x, st, context)
+                    z = randn()
+                    g_norm = grad.reshape(n, -1).norm(dim=-1).mean()
+                    z_norm = z.reshape(n, -1).norm(dim=-1).mean()
+                    step = 2 * alpha * (snr * z_norm / g_norm.clamp_min(1e-12)).pow(2)
+                    x = x + step * grad + torch.sqrt(2 * step) * z
+                    nfe += 1
+            g = sde.diffusion(st)
+            x = x - h * (sde.drift(x, st) - g * g * self.score_s(x, st, context)) + g * math.sqrt(h) * randn()
+            nfe += 1
+        if denoise:
+            x = self.denoise(x, self.t_end, context)
+            nfe += 1
+        self.nfe = nfe
+        return x
+
+    def _log_prob(self, x, context=None, exact=None, steps=None, solver=None, atol=None, rtol=None,
+                  adjoint=False, **kwargs):
+        # As ContinuousFlow._log_prob, but the ODE runs over t in [0, 1 - s_eps]. Other keywords
+        # (probe, generator, exact_method) go to ode_log_prob unchanged.
+        if exact is None:
+            exact = x[0].numel() <= getattr(self, "exact_max_dim", 10)
+        lp, self.nfe = ode_log_prob(
+            lambda y, t: self.velocity(y, t, context), x, lambda z: self.base.log_prob(z, context),
+            exact=exact, adjoint=adjoint, adjoint_params=tuple(self.parameters()) if adjoint else None,
+            t0=0.0, t1=self.t_end, **self._solver_args(solver, steps, atol, rtol), **kwargs,
+        )
+        return lp
+
+    def trajectory(self, n=None, steps=50, context=None, generator=None, x0=None, solver="euler") -> Tensor:
+        """PF-ODE states from the prior (t=0) to ``t = 1 - s_eps`` in user units:
+        ``[steps + 1, n, *event_shape]`` (give ``n`` or prior noise ``x0`` in model units)."""
+        if x0 is None:
+            if n is None:
+                raise ValueError("trajectory needs n or x0")
+            context = self._check_context(context, n)
+            x0 = self.base.sample(n, context, generator)
+        times = torch.linspace(0.0, self.t_end, steps + 1, dtype=torch.float64).tolist()
+        with torch.no_grad():
+            xs, self.nfe = odeint(lambda t, x: self.velocity(x, t, context), x0, times,
+                                  solver=solver, steps=steps, return_nfe=True)
+        return self.unstandardize(xs)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, sde={self.sde!r}, parametrization={self.parametrization!r}, "
+                f"weighting={self.weighting!r}, importance={self.importance}, sampler={self.default_sampler!r}")
