@@ -106,7 +106,7 @@ def _train_on_pairs(model, x0, x1, context, *, steps, max_time, batch_size, lr, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if max_time is not None and time.perf_counter() - start > max_time:
             break
     model.eval()
