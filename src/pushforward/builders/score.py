@@ -42,7 +42,9 @@ def _model(dim, context_dim, sde, widths, time_embed, activation, **kw) -> Score
 _OPTIONS_DOC = """
     Common options:
         hidden: widths of the time-conditioned MLP (default (128, 128, 128)).
-        time_embed: sinusoidal time-embedding size (0: raw time). activation: silu (default).
+        time_embed: sinusoidal time-embedding size (default 0: raw time; with the Gaussian skip a
+            32-dim embedding drowned the 2 data inputs and stalled training, docs/score.md).
+        activation: silu (default).
         s_eps: smallest diffusion time (None: the SDE's default).
         weighting: ``"sigma2"`` (eps-prediction MSE, default) or ``"likelihood"`` (g^2).
         importance: importance-sample the time for the likelihood weighting (default: True then).

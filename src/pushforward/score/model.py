@@ -92,7 +92,8 @@ class ScoreModel(ContinuousFlow):
         parametrization: ``"eps"`` or ``"score"``. weighting: ``"sigma2"`` or ``"likelihood"``.
         importance: importance-sample ``s`` (only with ``"likelihood"``; default True there).
         gaussian_skip: add the ``N(0, I)`` prediction and zero-init the last layer (see above).
-        hidden, time_embed, activation: the default network's options.
+        hidden, time_embed, activation: the default network's options (``time_embed=0``: raw
+            time, which trains much faster than a sinusoidal embedding on low-D data).
         sampler, sde_steps, snr, corrector_steps, denoise_last_step: sampler defaults.
         solver, steps, atol, rtol: ODE defaults (``sample(sampler="ode")`` and ``log_prob``).
     """
