@@ -1,0 +1,168 @@
+"""Baselines on the same action experts: chunk regression (MSE) and a DDPM/DDIM diffusion policy.
+
+* :class:`RegressionPolicy`: ``min E || f_theta(o) - A ||^2`` -- predicts the conditional mean,
+  which averages distinct modes (the failure mode that generative policies fix).
+* :class:`DiffusionPolicy`: Diffusion Policy (Chi et al. 2023): epsilon-prediction DDPM
+  (Ho et al. 2020) with K = 100 steps and the squared-cosine schedule (Nichol & Dhariwal 2021),
+  sampled by ancestral DDPM (100 network calls) or deterministic DDIM (Song et al. 2021).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pushforward.models import FlowModel
+from pushforward.policy.base import ChunkPolicyMixin
+from pushforward.policy.nets import NETS, make_net
+
+
+class RegressionPolicy(ChunkPolicyMixin, FlowModel):
+    """Deterministic chunk regression with the same network: ``A_hat = f(0, t=1, o)``.
+
+    The action expert is fed a zero chunk at time 1 (no noise), so the baseline differs from
+    :class:`~pushforward.policy.FlowPolicy` only in its objective, ``mean ||A_hat - A||^2``.
+    ``sample``/``act`` return the prediction (``n`` identical rows per context).
+    """
+
+    default_batch_size = 256
+    default_lr = 3e-4
+    default_ema = 0.999
+
+    def __init__(self, obs_dim: int, action_dim: int, horizon: int, *, num_tasks: int = 0,
+                 net: str = "transformer", **net_options: Any):
+        FlowModel.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0))
+        self._init_policy(obs_dim, action_dim, horizon, num_tasks)
+        if net not in NETS:
+            raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
+        self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **net_options)
+        self.config = self._policy_config("regression-policy", net=net, **net_options)
+
+    def _predict(self, obs: Tensor, task: Tensor | None) -> Tensor:
+        x = obs.new_zeros(obs.shape[0], *self.event_shape)
+        return self.net.decode(x, 1.0, self.net.encode(obs, task))
+
+    def _loss(self, x, context):
+        obs, task = self._split_context(context)
+        return (self._predict(obs, task) - x).pow(2).mean()
+
+    def _act_std(self, obs_n, task, generator, prefix=None):
+        if prefix is not None:
+            raise ValueError("RegressionPolicy cannot inpaint a prefix")
+        return self._predict(obs_n, task)
+
+    def _sample(self, n, context, generator=None, **_):
+        obs, task = self._split_context(context)
+        return self._predict(obs, task)
+
+    def _log_prob(self, x, context=None, **_):
+        raise NotImplementedError("a regression policy is not a density")
+
+
+def cosine_alpha_bar(k: int, s: float = 0.008) -> Tensor:
+    """``alpha_bar`` of the squared-cosine schedule at ``k`` steps -> ``[k]`` (Nichol & Dhariwal 2021, eq. 17).
+
+    ``f(u) = cos^2((u + s) / (1 + s) * pi / 2)``, ``beta_i = min(1 - f(i+1)/f(i), 0.999)``,
+    ``alpha_bar_i = prod_{j <= i} (1 - beta_j)``.
+    """
+    u = torch.arange(k + 1, dtype=torch.float64) / k
+    f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1 - betas, 0)
+
+
+class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
+    """Diffusion Policy baseline: epsilon-prediction DDPM over chunks on the same action expert.
+
+    Training: ``k ~ U{0..K-1}``, ``x_k = sqrt(ab_k) A + sqrt(1 - ab_k) eps``,
+    ``L = || eps_theta(x_k, k, o) - eps ||^2``. The network's time input is ``1 - (k + 1) / K``
+    (1 = clean, matching the flow convention; it is only an input). Sampling: ``sampler="ddpm"``
+    (ancestral, K calls, posterior variance ``beta~``) or ``"ddim"`` (eta = 0, ``steps`` calls).
+    """
+
+    default_batch_size = 256
+    default_lr = 3e-4
+    default_ema = 0.999
+
+    def __init__(self, obs_dim: int, action_dim: int, horizon: int, *, num_tasks: int = 0,
+                 net: str = "transformer", diffusion_steps: int = 100, sampler: str = "ddpm",
+                 steps: int = 10, clip: float | None = None, **net_options: Any):
+        FlowModel.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0))
+        self._init_policy(obs_dim, action_dim, horizon, num_tasks)
+        if net not in NETS:
+            raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
+        if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, int) or diffusion_steps < 2:
+            raise ValueError(f"diffusion_steps must be an integer >= 2, got {diffusion_steps!r}")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **net_options)
+        self.K, self.sampler, self.steps, self.clip = diffusion_steps, sampler, steps, clip
+        self.register_buffer("alpha_bar", cosine_alpha_bar(diffusion_steps).float(), persistent=False)
+        self.config = self._policy_config("diffusion-policy", net=net, diffusion_steps=diffusion_steps,
+                                          sampler=sampler, steps=steps, clip=clip, **net_options)
+
+    def _tau(self, k: Tensor | int, ref: Tensor) -> Tensor:
+        k = torch.as_tensor(k, device=ref.device)
+        return (1.0 - (k.to(ref.dtype) + 1.0) / self.K).expand(ref.shape[0])
+
+    def _loss(self, x, context):
+        obs, task = self._split_context(context)
+        k = torch.randint(0, self.K, (x.shape[0],), device=x.device)
+        ab = self.alpha_bar.to(x)[k].view(-1, 1, 1)
+        eps = torch.randn_like(x)
+        xk = ab.sqrt() * x + (1 - ab).sqrt() * eps
+        return (self.net.decode(xk, self._tau(k, x), self.net.encode(obs, task)) - eps).pow(2).mean()
+
+    def _x0(self, x: Tensor, eps: Tensor, ab: Tensor) -> Tensor:
+        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+        return x0.clamp(-self.clip, self.clip) if self.clip else x0
+
+    def _denoise(self, obs: Tensor, task: Tensor | None, generator, sampler: str | None = None,
+                 steps: int | None = None) -> Tensor:
+        sampler = sampler or self.sampler
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        cache = self.net.encode(obs, task)  # the observation is encoded once, as for the flow
+        abar = self.alpha_bar.to(obs)
+        x = torch.randn((obs.shape[0], *self.event_shape), generator=generator, device=obs.device, dtype=obs.dtype)
+        if sampler == "ddpm":
+            for k in range(self.K - 1, -1, -1):
+                ab, ab_prev = abar[k], (abar[k - 1] if k > 0 else abar.new_tensor(1.0))
+                beta = 1 - ab / ab_prev
+                x0 = self._x0(x, self.net.decode(x, self._tau(k, x), cache), ab)
+                mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x
+                if k > 0:
+                    var = beta * (1 - ab_prev) / (1 - ab)
+                    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                    x = mean + var.sqrt() * noise
+                else:
+                    x = mean
+            return x
+        n = self.steps if steps is None else steps
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.K:
+            raise ValueError(f"DDIM steps must be an integer in [1, {self.K}], got {n!r}")
+        ks = torch.linspace(self.K - 1, 0, n).round().long().tolist()
+        for i, k in enumerate(ks):
+            ab = abar[k]
+            ab_prev = abar[ks[i + 1]] if i + 1 < n else abar.new_tensor(1.0)
+            eps = self.net.decode(x, self._tau(k, x), cache)
+            x0 = self._x0(x, eps, ab)
+            if self.clip:
+                eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+        return x
+
+    def _act_std(self, obs_n, task, generator, prefix=None, sampler=None, steps=None):
+        if prefix is not None:
+            raise ValueError("DiffusionPolicy does not implement prefix inpainting")
+        return self._denoise(obs_n, task, generator, sampler, steps)
+
+    def _sample(self, n, context, generator=None, sampler=None, steps=None, **_):
+        obs, task = self._split_context(context)
+        return self._denoise(obs, task, generator, sampler, steps)
+
+    def _log_prob(self, x, context=None, **_):
+        raise NotImplementedError("DiffusionPolicy has no likelihood here; use FlowPolicy.log_prob")

@@ -1,0 +1,172 @@
+"""Action experts for chunk policies: a pi0-style transformer and an MLP for tiny problems.
+
+Both split the field into ``encode(obs, task) -> cache`` (run once per chunk) and
+``decode(x, t, cache) -> [B, H, A]`` (run at every integration step), so ``act`` encodes the
+observation once and reuses it across the solver's steps (pi0's prefix KV cache; Black et al.
+2024, sec. 3 and B).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pushforward.nets.time import SinusoidalEmbedding
+
+
+def _time(t: Tensor | float, ref: Tensor) -> Tensor:
+    """Times as ``[B]`` in ``ref``'s dtype/device (a float or 0-d tensor is broadcast)."""
+    t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
+    return t.expand(ref.shape[0]) if t.dim() == 0 else t
+
+
+class ObsEncoder(nn.Module):
+    """State vector (+ task id) -> observation tokens.
+
+    ``obs [B, O]`` (normalized) -> ``[B, K, W]``: an MLP maps the state to ``K`` tokens; with
+    ``num_tasks > 0`` a learned task embedding ``[B] -> [B, 1, W]`` is appended as one more token
+    (task-conditioned policies, as pi0's language prefix in miniature).
+    """
+
+    def __init__(self, obs_dim: int, width: int, tokens: int = 2, num_tasks: int = 0):
+        super().__init__()
+        self.tokens, self.width = tokens, width
+        self.mlp = nn.Sequential(nn.Linear(obs_dim, 2 * width), nn.SiLU(), nn.Linear(2 * width, tokens * width))
+        self.task = nn.Embedding(num_tasks, width) if num_tasks else None
+
+    def forward(self, obs: Tensor, task: Tensor | None = None) -> Tensor:  # noqa: D102
+        tok = self.mlp(obs).view(obs.shape[0], self.tokens, self.width)
+        if self.task is not None:
+            tok = torch.cat([tok, self.task(task)[:, None]], dim=1)
+        return tok
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm transformer block whose attention may also read cached keys/values."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, kv_only: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        # The last observation block is only read through its keys/values: no update to learn.
+        self.kv_only = kv_only
+        if not kv_only:
+            self.proj = nn.Linear(width, width)
+            self.ln2 = nn.LayerNorm(width)
+            self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
+                                     nn.Linear(mlp_ratio * width, width))
+
+    def _split(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, w = h.shape
+        q, k, v = self.qkv(self.ln1(h)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each [B, heads, n, w / heads]
+
+    def forward(self, h: Tensor, prefix: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``h [B, n, W]``; ``prefix`` = (k, v) of tokens this block may also attend to.
+
+        Returns the new tokens and this block's own (k, v) (what a later reader caches).
+        """
+        q, k, v = self._split(h)
+        if self.kv_only:
+            return h, (k, v)
+        kk, vv = (k, v) if prefix is None else (torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2))
+        a = F.scaled_dot_product_attention(q, kk, vv)
+        h = h + self.proj(a.transpose(1, 2).reshape(h.shape))
+        h = h + self.mlp(self.ln2(h))
+        return h, (k, v)
+
+
+class ActionTransformer(nn.Module):
+    """pi0's action expert in miniature: H action tokens attending to observation tokens.
+
+    Each noisy action ``x_h`` is embedded together with a sinusoidal embedding of ``t`` through
+    an MLP, ``tok_h = W_3 swish(W_2 [W_1 x_h, phi(t)]) + pos_h`` (pi0, sec. B), the tokens pass
+    ``depth`` blocks and a linear head returns the velocity. Attention is block-causal as in pi0:
+    observation tokens (their own weights: a mixture of two experts) attend only among
+    themselves; action tokens attend to the observation tokens and to each other. The per-layer
+    observation keys/values therefore depend only on the observation: :meth:`encode` computes them
+    once per chunk and :meth:`decode` reuses them at every step.
+
+    Shapes: obs ``[B, O]``, task ``[B]`` (long), x ``[B, H, A]``, t ``[]`` or ``[B]``.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, horizon: int, width: int = 128, depth: int = 3,
+                 heads: int = 4, obs_tokens: int = 2, num_tasks: int = 0, time_embed: int = 64):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width={width} must be divisible by heads={heads}")
+        self.encoder = ObsEncoder(obs_dim, width, obs_tokens, num_tasks)
+        self.obs_blocks = nn.ModuleList(_Block(width, heads, kv_only=i == depth - 1) for i in range(depth))
+        self.act_blocks = nn.ModuleList(_Block(width, heads) for _ in range(depth))
+        self.embed_t = SinusoidalEmbedding(time_embed)
+        self.in_action = nn.Linear(action_dim, width)
+        self.action_time = nn.Sequential(nn.Linear(width + time_embed, width), nn.SiLU(), nn.Linear(width, width))
+        self.pos = nn.Parameter(torch.randn(horizon, width) * 0.02)
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, action_dim))
+
+    def encode(self, obs: Tensor, task: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Observation -> per-layer (keys, values) of the observation tokens (the prefix cache)."""
+        h = self.encoder(obs, task)
+        cache = []
+        for blk in self.obs_blocks:
+            h, kv = blk(h)
+            cache.append(kv)
+        return cache
+
+    def decode(self, x: Tensor, t: Tensor | float, cache: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Velocity ``[B, H, A]`` of the noisy chunk ``x`` at time ``t`` given the prefix cache."""
+        te = self.embed_t(_time(t, x))[:, None].expand(-1, x.shape[1], -1)
+        h = self.action_time(torch.cat([self.in_action(x), te], -1)) + self.pos[: x.shape[1]]
+        for blk, kv in zip(self.act_blocks, cache):
+            h, _ = blk(h, kv)
+        return self.out(h)
+
+    def forward(self, x: Tensor, t: Tensor | float, obs: Tensor, task: Tensor | None = None) -> Tensor:  # noqa: D102
+        return self.decode(x, t, self.encode(obs, task))
+
+
+class ActionMLP(nn.Module):
+    """MLP action expert for tiny problems: ``[flatten(x), phi(t), e(obs)] -> [B, H, A]``.
+
+    ``encode`` runs the observation MLP (and task embedding) once per chunk.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, horizon: int, width: int = 256, depth: int = 3,
+                 num_tasks: int = 0, time_embed: int = 32):
+        super().__init__()
+        self.horizon, self.action_dim = horizon, action_dim
+        self.obs = nn.Sequential(nn.Linear(obs_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.task = nn.Embedding(num_tasks, width) if num_tasks else None
+        self.embed_t = SinusoidalEmbedding(time_embed)
+        layers: list[nn.Module] = []
+        widths = [horizon * action_dim + time_embed + width] + [width] * depth
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        layers.append(nn.Linear(width, horizon * action_dim))
+        self.net = nn.Sequential(*layers)
+
+    def encode(self, obs: Tensor, task: Tensor | None = None) -> Tensor:
+        """Observation -> ``[B, width]`` features (the cache)."""
+        h = self.obs(obs)
+        return h + self.task(task) if self.task is not None else h
+
+    def decode(self, x: Tensor, t: Tensor | float, cache: Tensor) -> Tensor:
+        """Velocity ``[B, H, A]``."""
+        te = self.embed_t(_time(t, x))
+        out = self.net(torch.cat([x.flatten(1), te, cache.expand(x.shape[0], -1)], -1))
+        return out.view(x.shape)
+
+    def forward(self, x: Tensor, t: Tensor | float, obs: Tensor, task: Tensor | None = None) -> Tensor:  # noqa: D102
+        return self.decode(x, t, self.encode(obs, task))
+
+
+NETS = {"transformer": ActionTransformer, "mlp": ActionMLP}
+
+
+def make_net(kind: str, obs_dim: int, action_dim: int, horizon: int, num_tasks: int = 0, **kwargs) -> nn.Module:
+    """An action expert by name: ``"transformer"`` (default) or ``"mlp"``."""
+    if kind not in NETS:
+        raise ValueError(f"net must be one of {tuple(NETS)}, got {kind!r}")
+    return NETS[kind](obs_dim, action_dim, horizon, num_tasks=num_tasks, **kwargs)
