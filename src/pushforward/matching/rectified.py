@@ -93,8 +93,10 @@ def _train_on_pairs(model, x0, x1, context, *, steps, max_time, batch_size, lr, 
     start = time.perf_counter()
     losses = []
     for k in range(steps):
-        for group in opt.param_groups:  # cosine decay over the step budget
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * k / steps))
+        # Cosine decay over the budget: steps, or the time budget when it binds first.
+        p = k / steps if max_time is None else max(k / steps, (time.perf_counter() - start) / max_time)
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
         idx = torch.randint(0, n, (min(batch_size, n),), generator=generator).to(x0.device)
         c = None if context is None else context[idx]
         if at_zero:

@@ -68,7 +68,8 @@ class BetaTime(TimeSampler):
     ``p(tau) = Beta((s - tau) / s; 1.5, 1)``: the noise level ``u = (s - t) / s ~ Beta(1.5, 1)``,
     i.e. ``t = s (1 - u)`` with cutoff ``s = 0.999`` (t never reaches the data end, where the
     target is trivial). Density ∝ (1 - t/s)^0.5: it favours noisy times. CDF (a, b = 1.5, 1):
-    ``P(t <= x) = 1 - (1 - x/s)^1.5`` on [0, s].
+    ``P(t <= x) = 1 - (1 - x/s)^1.5`` on [0, s]. With ``b = 1`` (default) draws are by inversion
+    and honour ``generator``; other ``b`` use torch's Gamma sampler (global RNG).
     """
 
     def __init__(self, a: float = 1.5, b: float = 1.0, cutoff: float = 0.999):
