@@ -1,0 +1,251 @@
+"""Policy benchmarks: flow policy vs MSE regression vs DDPM/DDIM diffusion, same network.
+
+    python benchmarks/policy.py collect   # PushT expert demonstrations -> benchmarks/data/pusht_demos.npz
+    python benchmarks/policy.py tworoute  # bimodal task: success, collisions, mode use, switches
+    python benchmarks/policy.py pusht     # PushT: mean max coverage, success over seeded episodes
+    python benchmarks/policy.py latency   # CPU latency of one act (batch 1)
+
+Results go to benchmarks/results/policy_*.json / .md / .png / .gif. CPU budgets are small (the
+machine is shared): every training run is bounded by ``--train-time`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pushforward as pf
+from pushforward.policy import (
+    ChunkExecutor,
+    DiffusionPolicy,
+    FlowPolicy,
+    ObsHistory,
+    RegressionPolicy,
+    TwoRouteEnv,
+    TwoRouteExpert,
+    evaluate,
+    make_chunks,
+    rollout,
+    two_route_metrics,
+)
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+DATA = ROOT / "data" / "pusht_demos.npz"
+
+
+def _save_json(name: str, obj: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(obj, indent=1))
+
+
+def _train(policy, actions, obs, seconds: float, seed: int = 0, lr: float | None = None):
+    policy.set_normalization(actions, obs)
+    t = time.time()
+    h = pf.fit(policy, torch.as_tensor(actions, dtype=torch.float32), context=torch.as_tensor(obs, dtype=torch.float32),
+               max_time=seconds, seed=seed, val_fraction=0, progress=False, checkpoint_every=None, lr=lr)
+    return {"train_s": round(time.time() - t, 1), "steps": h.steps, "final_loss": float(h.loss[-1])}
+
+
+def _latency(policy, obs_dim: int, reps: int = 50, **kw) -> float:
+    """Median seconds of one ``act`` at batch 1."""
+    o = torch.zeros(1, obs_dim)
+    for _ in range(5):
+        policy.act(o, **kw)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        policy.act(o, **kw)
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+# ============================================================================ bimodal task
+def _entropy(p_left: float) -> float:
+    ps = [q for q in (p_left, 1 - p_left) if q > 0]
+    return float(-sum(q * np.log2(q) for q in ps))
+
+
+def _two_route_policies(net: dict, horizon: int):
+    return {
+        "flow (10 Euler)": (FlowPolicy(2, 2, horizon, **net), {}),
+        "MSE regression": (RegressionPolicy(2, 2, horizon, **net), {}),
+        "DDPM (100 steps)": (DiffusionPolicy(2, 2, horizon, **net), {"sampler": "ddpm"}),
+    }
+
+
+def tworoute(args) -> None:
+    horizon, execute = 8, 4
+    env = TwoRouteEnv()
+    expert = TwoRouteExpert(seed=1)
+    eps = [rollout(env, expert, seed=10_000 + i, max_steps=80) for i in range(200)]
+    expert_eval = evaluate(TwoRouteEnv, TwoRouteExpert(seed=2), episodes=args.episodes, seed=0, max_steps=80,
+                           metrics=two_route_metrics)["mean"]
+    actions, obs = make_chunks([(e["obs"][:-1], e["actions"]) for e in eps], horizon)
+    print(f"two-route: {len(eps)} expert episodes, {len(actions)} chunks", flush=True)
+    net = {"width": 64, "depth": 2, "heads": 4}
+    rows = {"expert": {**expert_eval, "mode_entropy_bits": _entropy(expert_eval["left"])}}
+    trajs = {}
+    trained = _two_route_policies(net, horizon)
+    for name, (policy, kw) in trained.items():
+        info = _train(policy, actions, obs, args.train_time, seed=0)
+        variants = [(name, kw, 0)]
+        if isinstance(policy, FlowPolicy):
+            variants.append(("flow + RTC inpainting (2)", kw, 2))
+        if isinstance(policy, DiffusionPolicy):
+            variants.append(("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}, 0))
+        for vname, vkw, inpaint in variants:
+            ex = ChunkExecutor(policy, execute=execute, inpaint=inpaint, generator=torch.Generator().manual_seed(0), **vkw)
+            res = evaluate(TwoRouteEnv, ex, episodes=args.episodes, seed=0, max_steps=80, metrics=two_route_metrics)
+            m = res["mean"]
+            committed = m["left"] + m["right"]
+            m["mode_entropy_bits"] = _entropy(m["left"] / committed) if committed else 0.0
+            m["clean_success"] = float(np.mean([r["success"] * (r["switches"] == 0) for r in res["episodes"]]))
+            m["act_ms"] = 1e3 * _latency(policy, 2, **vkw)
+            rows[vname] = {**m, **info}
+            trajs[vname] = [rollout(TwoRouteEnv(), ex, seed=i, max_steps=80) for i in range(20)]
+            print(vname, {k: round(v, 3) for k, v in rows[vname].items()}, flush=True)
+    _save_json("policy_tworoute.json", {"horizon": horizon, "execute": execute, "episodes": args.episodes,
+                                         "train_time_s": args.train_time, "net": net, "results": rows})
+    _plot_tworoute(trajs)
+
+
+def _plot_tworoute(trajs: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(trajs), figsize=(3.2 * len(trajs), 3.4), sharey=True)
+    for ax, (name, eps) in zip(np.atleast_1d(axes), trajs.items()):
+        ax.add_patch(plt.Circle((0, 0), 0.35, color="0.7"))
+        ax.add_patch(plt.Circle((0, 1), 0.1, color="tab:green", alpha=0.3))
+        for e in eps:
+            o = e["obs"]
+            bad = e["infos"][-1]["collision"]
+            ax.plot(o[:, 0], o[:, 1], color="tab:red" if bad else "tab:blue", lw=0.8, alpha=0.7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(-0.9, 0.9)
+        ax.set_ylim(-1.1, 1.15)
+        ax.set_aspect("equal")
+    fig.suptitle("TwoRoute: 20 rollouts each (red: collision)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "policy_tworoute.png", dpi=110)
+
+
+# ============================================================================ PushT demos
+def collect(args) -> None:
+    from pushforward.policy.pusht import collect_demos
+
+    t = time.time()
+    demos, stats = collect_demos(args.demos, seed=100_000, max_episodes=4 * args.demos, verbose=True,
+                                 on_demo=lambda d: _write_demos(d) if len(d) % 10 == 0 else None)
+    stats["seconds"] = round(time.time() - t, 1)
+    _write_demos(demos)
+    _save_json("policy_pusht_expert.json", stats)
+    print(stats)
+
+
+def _write_demos(demos: list) -> None:
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    ends = np.cumsum([len(a) for _, a in demos])
+    np.savez_compressed(DATA, obs=np.concatenate([o for o, _ in demos]).astype(np.float32),
+                        actions=np.concatenate([a for _, a in demos]).astype(np.float32), episode_ends=ends)
+
+
+def load_demos() -> list[tuple[np.ndarray, np.ndarray]]:
+    d = np.load(DATA)
+    starts = np.concatenate([[0], d["episode_ends"][:-1]])
+    return [(d["obs"][s:e].astype(np.float64), d["actions"][s:e].astype(np.float64))
+            for s, e in zip(starts, d["episode_ends"])]
+
+
+# ============================================================================ PushT
+def pusht(args) -> None:
+    from pushforward.policy.pusht import OBS_DIM, make_env, pusht_metrics
+
+    horizon, execute, hist = 16, 8, 2
+    demos = load_demos()
+    actions, obs = make_chunks(demos, horizon, obs_history=hist)
+    print(f"PushT: {len(demos)} demos, {len(actions)} chunks", flush=True)
+    net = {"width": args.width, "depth": args.depth, "heads": 4}
+    models = {
+        "flow": FlowPolicy(hist * OBS_DIM, 2, horizon, **net),
+        "mse": RegressionPolicy(hist * OBS_DIM, 2, horizon, **net),
+        "diffusion": DiffusionPolicy(hist * OBS_DIM, 2, horizon, **net),
+    }
+    variants = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
+                "diffusion": [("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}),
+                              ("DDPM (100 steps)", {"sampler": "ddpm"})]}
+    rows = {}
+    expert_file = RESULTS / "policy_pusht_expert.json"
+    if expert_file.exists():
+        rows["scripted expert (all episodes tried)"] = json.loads(expert_file.read_text())
+    ckpt = Path("/tmp/policy")
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for key, policy in models.items():
+        info = _train(policy, actions, obs, args.train_time, seed=0)
+        pf.save(policy, ckpt / f"pusht_{key}.pt")
+        for vname, kw in variants[key]:
+            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0), **kw)
+            t = time.time()
+            res = evaluate(make_env, ObsHistory(ex, hist), episodes=args.episodes, seed=0, max_steps=300,
+                           metrics=pusht_metrics)
+            m = res["mean"]
+            rows[vname] = {"mean_max_coverage": m["max_coverage"], "success_rate": m["success"],
+                           "act_ms": 1e3 * _latency(policy, hist * OBS_DIM, **kw), "eval_s": round(time.time() - t, 1),
+                           **info}
+            print(vname, {k: round(v, 3) for k, v in rows[vname].items()}, flush=True)
+            _save_json("policy_pusht.json", {"demos": len(demos), "chunks": len(actions), "horizon": horizon,
+                                             "execute": execute, "obs_history": hist, "episodes": args.episodes,
+                                             "eval_seeds": f"0..{args.episodes - 1}", "train_time_s": args.train_time,
+                                             "net": net, "results": rows})
+    _pusht_gif(models["flow"], hist, execute)
+
+
+def _pusht_gif(policy, hist: int, execute: int, seed: int = 0) -> None:
+    from PIL import Image
+
+    from pushforward.policy.pusht import make_env
+
+    env = make_env(visualization_width=192, visualization_height=192)
+    ex = ObsHistory(ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0)), hist)
+    ep = rollout(env, ex, seed=seed, max_steps=300, render=True)
+    frames = [Image.fromarray(f) for f in ep["frames"][::2]]
+    frames[0].save(RESULTS / "policy_pusht_flow.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+# ============================================================================ latency
+def latency(args) -> None:
+    """CPU latency of one act (batch 1) for the PushT-sized state policy (36-d obs, 16 x 2)."""
+    rows = {}
+    for name, net in (("transformer w128 d3", {"width": 128, "depth": 3}), ("transformer w64 d2", {"width": 64, "depth": 2}),
+                      ("mlp w256 d3", {"net": "mlp", "width": 256, "depth": 3})):
+        fp = FlowPolicy(36, 2, 16, **net)
+        dp = DiffusionPolicy(36, 2, 16, **net)
+        f_ms = 1e3 * _latency(fp, 36, steps=10)
+        d_ms = 1e3 * _latency(dp, 36, reps=10, sampler="ddpm")
+        i_ms = 1e3 * _latency(dp, 36, sampler="ddim", steps=10)
+        rows[name] = {"flow_10_euler_ms": f_ms, "flow_hz": 1e3 / f_ms, "ddpm_100_ms": d_ms, "ddim_10_ms": i_ms,
+                      "speedup_vs_ddpm": d_ms / f_ms, "params": sum(p.numel() for p in fp.parameters())}
+        print(name, {k: round(v, 2) for k, v in rows[name].items()}, flush=True)
+    _save_json("policy_latency.json", {"threads": torch.get_num_threads(), "cpu": os.cpu_count(), "results": rows})
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["collect", "tworoute", "pusht", "latency"])
+    p.add_argument("--demos", type=int, default=200)
+    p.add_argument("--train-time", type=float, default=120.0)
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    {"collect": collect, "tworoute": tworoute, "pusht": pusht, "latency": latency}[a.what](a)
