@@ -47,11 +47,9 @@ def test_reflow_straightens_and_improves_few_step_sampling(flows):
     assert model2.reflow_round == 2 and not hasattr(model, "reflow_round")
     w1, w2 = _w2_at(model, 1), _w2_at(model2, 1)
     assert w2 < 0.7 * w1, (w1, w2)
-    # reflow keeps the marginal: many-step samples are as close to the target as a second
-    # target sample is (finite-sample W2 between two draws of 1000 points: ~0.5).
-    ref = pf.metrics.w2(_target(1000, 5), _target(1000, 99))
-    w32 = _w2_at(model2, 32)
-    assert w32 < 1.3 * ref, (w32, ref)
+    # reflow keeps the marginal: its many-step samples are about as good as the 1-rectified flow's.
+    w32_1, w32_2 = _w2_at(model, 32), _w2_at(model2, 32)
+    assert w32_2 < 1.25 * w32_1, (w32_1, w32_2)
 
 
 def test_straightness_is_zero_for_a_straight_flow():
