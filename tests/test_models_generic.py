@@ -18,11 +18,13 @@ import pushforward as pf
 SPECIAL = {
     "cdf": dict(dim=1),
     "glow": dict(image_shape=(1, 4, 4)),
+    # Flow matching: a narrower field keeps the exact-divergence ODE densities on the grid cheap.
+    **{n: dict(dim=2, hidden=(32, 32)) for n in ("fm", "ot-fm", "vp-fm", "sb-fm", "rectified")},
     # Score models: a narrower field keeps the exact-divergence PF-ODE densities on the grid cheap.
     **{n: dict(dim=2, hidden=(32, 32)) for n in ("score-vp", "score-subvp", "score-ve")},
 }
 # Expensive density evaluations (ODE solves) get a coarser grid.
-COARSE_GRID = {"ffjord": 140}  # points per axis (default GRID_N; x = 0.3 falls mid-cell)
+COARSE_GRID = {"ffjord": 140, **dict.fromkeys(("fm", "ot-fm", "vp-fm", "sb-fm", "rectified"), 71)}  # points per axis (default GRID_N; x = 0.3 falls mid-cell)
 COARSE_GRID.update(dict.fromkeys(("score-vp", "score-subvp", "score-ve"), 71))
 NAMES = pf.available_models()
 
