@@ -26,7 +26,9 @@ SPECIAL = {
 # Expensive density evaluations (ODE solves) get a coarser grid.
 COARSE_GRID = {"ffjord": 140, **dict.fromkeys(("fm", "ot-fm", "vp-fm", "sb-fm", "rectified"), 71)}  # points per axis (default GRID_N; x = 0.3 falls mid-cell)
 COARSE_GRID.update(dict.fromkeys(("score-vp", "score-subvp", "score-ve"), 71))
-NAMES = pf.available_models()
+# Policies are conditional-only models over action chunks [H, A] (the regression baseline has no
+# density at all): tests/test_policy.py checks their contract.
+NAMES = [n for n in pf.available_models() if not n.endswith("-policy")]
 
 
 def _kwargs(name: str) -> dict:
