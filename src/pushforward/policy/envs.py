@@ -69,23 +69,28 @@ class TwoRouteEnv:
 
 
 class TwoRouteExpert:
-    """Scripted expert: picks left or right with probability 1/2 per episode, then follows the
-    waypoints ``(s w, -h), (s w, h), goal`` at ``speed`` with small Gaussian action noise."""
+    """Scripted expert: heads straight for the obstacle to ``(x_0, -decide)``, then turns left or
+    right (probability 1/2 per episode) through ``(s w, -h), (s w, h)`` to the goal, at ``speed``
+    with small Gaussian action noise. The choice is made where both routes start from the same
+    observation, so no observation feature predicts it."""
 
-    def __init__(self, seed: int = 0, speed: float = 0.06, width: float = 0.55, height: float = 0.45,
-                 noise: float = 0.005):
+    def __init__(self, seed: int = 0, speed: float = 0.06, width: float = 0.55, height: float = 0.25,
+                 decide: float = 0.65, noise: float = 0.005):
         self.rng = np.random.default_rng(seed)
-        self.speed, self.width, self.height, self.noise = speed, width, height, noise
+        self.speed, self.width, self.height, self.decide, self.noise = speed, width, height, decide, noise
         self.reset()
 
     def reset(self) -> None:  # noqa: D102
         self.side = 1.0 if self.rng.random() < 0.5 else -1.0
         self.k = 0
+        self.x0: float | None = None
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:  # noqa: D102
-        wps = [np.array([self.side * self.width, -self.height]), np.array([self.side * self.width, self.height]),
-               np.array([0.0, 1.0])]
-        while self.k < 2 and np.linalg.norm(wps[self.k] - obs) < self.speed:
+        if self.x0 is None:
+            self.x0 = float(obs[0])
+        wps = [np.array([self.x0, -self.decide]), np.array([self.side * self.width, -self.height]),
+               np.array([self.side * self.width, self.height]), np.array([0.0, 1.0])]
+        while self.k < 3 and np.linalg.norm(wps[self.k] - obs) < self.speed:
             self.k += 1
         d = wps[self.k] - obs
         n = np.linalg.norm(d)
