@@ -96,3 +96,50 @@ def test_08_rectified_flow(tmp_path):
     assert s2 < 0.5 * s1
     # Reflow improves one-step sampling.
     assert res["w2"]["2-rectified"][0] < res["w2"]["1-rectified"][0]
+
+
+@pytest.mark.slow
+def test_03_glow_digits(tmp_path):
+    res = _tutorial("03_glow_digits").main(str(tmp_path), budget=0.03)
+    _pngs_exist(tmp_path, ["03_glow_samples.png", "03_glow_training.png"])
+    lay = res["layers"]
+    assert lay["conv_error"] < 1e-10 and lay["actnorm_mean"] < 1e-4 and lay["actnorm_std"] < 1e-2
+    assert lay["squeezed"] == [2, 4, 4, 4]
+    tr = res["train"]
+    assert tr["bpd_after"] < tr["bpd_before"] - 0.3 and tr["bpd_after"] < tr["bpd_uniform"]
+
+
+@pytest.mark.slow
+def test_04_residual_flows(tmp_path):
+    res = _tutorial("04_residual_flows").main(str(tmp_path), budget=0.05)
+    _pngs_exist(tmp_path, ["04_fixed_point.png", "04_russian_roulette.png", "04_residual_density.png"])
+    for c, r in res["inverse"].items():
+        assert r["block_max_lipschitz"] <= c + 1e-9 and r["block_inverse_error"] < 1e-10
+        # geometric with rate <= c in the 2-norm (sqrt 2 for the max-norm we record)
+        assert r["errors"][-1] <= 1.5 * r["errors"][0] * c ** 59 + 1e-15
+    ro = res["roulette"]
+    assert abs(ro["mean"] - ro["exact"]) < 4 * ro["se"]
+    assert abs(ro["block_mean"] - ro["block_exact"]) < 4 * ro["block_se"]
+    assert ro["block_exact"] == pytest.approx(ro["block_autograd"], abs=1e-8)
+    assert math.isfinite(res["train"]["nll"])
+
+
+@pytest.mark.slow
+def test_06_score_based(tmp_path):
+    res = _tutorial("06_score_based").main(str(tmp_path), budget=0.05)
+    _pngs_exist(tmp_path, ["06_sde_vs_ode_exact.png", "06_samplers.png"])
+    ex = res["exact"]
+    # With the exact score both reverse processes return the data law (KS noise ~ 0.022 at n = 2000).
+    assert ex["ks_sde"] < 0.06 and ex["ks_ode"] < 0.06 and ex["ks_forward_noise"] < 0.06
+    assert all(math.isfinite(r["w2"]) and r["w2"] < 1.5 for r in res["learned"].values())
+
+
+@pytest.mark.slow
+def test_09_flow_policy(tmp_path):
+    res = _tutorial("09_flow_policy").main(str(tmp_path), budget=0.05)
+    _pngs_exist(tmp_path, ["09_multimodal_chunks.png", "09_latency.png"])
+    # Chunks from the decision point go both ways; the MSE policy's single chunk stays in the middle.
+    assert res["left"] > 0.1 and res["right"] > 0.1
+    assert abs(res["regression_end_x"]) < 0.2
+    lat = res["latency_ms"]
+    assert all(math.isfinite(v) and v > 0 for v in lat.values()) and lat[20] > lat[1]
