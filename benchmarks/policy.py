@@ -185,6 +185,7 @@ def pusht(args) -> None:
         "mse": RegressionPolicy(hist * OBS_DIM, 2, horizon, **net),
         "diffusion": DiffusionPolicy(hist * OBS_DIM, 2, horizon, **net),
     }
+    models = {k: m.to(args.device) for k, m in models.items()}
     variants = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
                 "diffusion": [("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}),
                               ("DDPM (100 steps)", {"sampler": "ddpm"})]}
@@ -194,9 +195,20 @@ def pusht(args) -> None:
         rows["scripted expert (all episodes tried)"] = json.loads(expert_file.read_text())
     ckpt = Path("/tmp/policy")
     ckpt.mkdir(parents=True, exist_ok=True)
+    if args.reuse and (RESULTS / f"policy_pusht{args.tag}.json").exists():
+        rows.update(json.loads((RESULTS / f"policy_pusht{args.tag}.json").read_text())["results"])
     for key, policy in models.items():
-        info = _train(policy, actions, obs, args.train_steps, seed=0)
-        pf.save(policy, ckpt / f"pusht_{key}.pt")
+        path = ckpt / f"pusht{args.tag}_{key}.pt"
+        if args.reuse and all(v in rows for v, _ in variants[key]):
+            models[key] = pf.load(path).to(args.device)
+            continue
+        if args.reuse and path.exists():
+            policy = models[key] = pf.load(path).to(args.device)
+            info = json.loads(path.with_suffix(".json").read_text())
+        else:
+            info = _train(policy, actions, obs, args.train_steps, seed=0, lr=args.lr)
+            pf.save(policy, path)
+            path.with_suffix(".json").write_text(json.dumps(info))
         for vname, kw in variants[key]:
             ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0), **kw)
             t = time.time()
@@ -207,14 +219,14 @@ def pusht(args) -> None:
                            "act_ms": 1e3 * _latency(policy, hist * OBS_DIM, **kw), "eval_s": round(time.time() - t, 1),
                            **info}
             print(vname, {k: round(v, 3) for k, v in rows[vname].items()}, flush=True)
-            _save_json("policy_pusht.json", {"demos": len(demos), "chunks": len(actions), "horizon": horizon,
+            _save_json(f"policy_pusht{args.tag}.json", {"demos": len(demos), "chunks": len(actions), "horizon": horizon,
                                              "execute": execute, "obs_history": hist, "episodes": args.episodes,
                                              "eval_seeds": f"0..{args.episodes - 1}", "train_steps": args.train_steps,
-                                             "net": net, "results": rows})
-    _pusht_gif(models["flow"], hist, execute)
+                                             "lr": args.lr or "default (3e-4)", "net": net, "results": rows})
+    _pusht_gif(models["flow"], hist, execute, tag=args.tag)
 
 
-def _pusht_gif(policy, hist: int, execute: int, seed: int = 0) -> None:
+def _pusht_gif(policy, hist: int, execute: int, seed: int = 0, tag: str = "") -> None:
     from PIL import Image
 
     from pushforward.policy.pusht import make_env
@@ -223,7 +235,7 @@ def _pusht_gif(policy, hist: int, execute: int, seed: int = 0) -> None:
     ex = ObsHistory(ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0)), hist)
     ep = rollout(env, ex, seed=seed, max_steps=300, render=True)
     frames = [Image.fromarray(f) for f in ep["frames"][::2]]
-    frames[0].save(RESULTS / "policy_pusht_flow.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(RESULTS / f"policy_pusht{tag}_flow.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
 # ============================================================================ latency
@@ -247,15 +259,64 @@ def latency(args) -> None:
                                         "load_average_1min": load, "results": rows})
 
 
+# ============================================================================ report
+def report(args) -> None:
+    """benchmarks/results/policy.md from the JSON results."""
+    out = ["# Policy benchmarks (CPU, shared 2-core machine)", ""]
+    f = RESULTS / "policy_tworoute.json"
+    if f.exists():
+        d = json.loads(f.read_text())
+        out += [f"## TwoRoute (bimodal), {d['episodes']} seeded episodes, H = {d['horizon']}, execute {d['execute']}, "
+                f"{d.get('train_steps', '?')} training steps, net {d['net']}", "",
+                "| method | success | collision | left | right | mode entropy (bits) | switches/episode | act ms (batch 1) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for k, r in d["results"].items():
+            out.append(f"| {k} | {r['success']:.2f} | {r['collision']:.2f} | {r['left']:.2f} | {r['right']:.2f} | "
+                       f"{r['mode_entropy_bits']:.2f} | {r['switches']:.2f} | {r.get('act_ms', float('nan')):.1f} |")
+        out.append("")
+    for f in sorted(RESULTS.glob("policy_pusht*.json")):
+        if f.name == "policy_pusht_expert.json":
+            continue
+        d = json.loads(f.read_text())
+        out += [f"## PushT ({f.name}): state = agent + 16 keypoint coordinates, 2 observation steps; {d['episodes']} "
+                f"seeded episodes (seeds {d['eval_seeds']}), {d['demos']} scripted demos, H = {d['horizon']}, execute "
+                f"{d['execute']}, {d['train_steps']} training steps (batch 256, lr {d.get('lr', 'default (3e-4)')}), "
+                f"net {d['net']}", "",
+                "| method | mean max coverage | success (>= 0.95) | act ms (batch 1) | training s |", "|---|---|---|---|---|"]
+        for k, r in d["results"].items():
+            out.append(f"| {k} | {r['mean_max_coverage']:.3f} | {r['success_rate']:.2f} | "
+                       f"{r.get('act_ms', float('nan')):.1f} | {r.get('train_s', float('nan')):.0f} |")
+        out.append("")
+    f = RESULTS / "policy_latency.json"
+    if f.exists():
+        d = json.loads(f.read_text())
+        out += [f"## act latency, batch 1, PushT-sized policy (36-d obs, 16 x 2 chunk), {d['threads']} thread, "
+                f"load average {d['load_average_1min']:.1f} on {d['cpu_count']} cores", "",
+                "| network | params | flow 10 Euler ms (median / min) | Hz (median) | DDPM 100 ms (median / min) | DDIM 10 ms | "
+                "DDPM / flow |", "|---|---|---|---|---|---|---|"]
+        for k, r in d["results"].items():
+            out.append(f"| {k} | {r['params']} | {r['flow_10_euler_ms']:.2f} / {r['flow_10_euler_min_ms']:.2f} | "
+                       f"{r['flow_hz']:.0f} | {r['ddpm_100_ms']:.1f} / {r['ddpm_100_min_ms']:.1f} | {r['ddim_10_ms']:.2f} | "
+                       f"{r['speedup_vs_ddpm']:.1f}x |")
+        out.append("")
+    (RESULTS / "policy.md").write_text("\n".join(out))
+    print("\n".join(out))
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["collect", "tworoute", "pusht", "latency"])
+    p.add_argument("what", choices=["collect", "tworoute", "pusht", "latency", "report"])
     p.add_argument("--demos", type=int, default=200)
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--reuse", action="store_true", help="pusht: reuse finished results and /tmp/policy checkpoints")
+    p.add_argument("--tag", default="", help="pusht: suffix of the result/checkpoint names")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the policy's)")
+    p.add_argument("--device", default="cpu", help="pusht: train/act on this device (e.g. cuda)")
     p.add_argument("--net", choices=["transformer", "mlp"], default="transformer")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
     a = p.parse_args()
     torch.set_num_threads(1)
-    {"collect": collect, "tworoute": tworoute, "pusht": pusht, "latency": latency}[a.what](a)
+    {"collect": collect, "tworoute": tworoute, "pusht": pusht, "latency": latency,
+     "report": report}[a.what](a)
