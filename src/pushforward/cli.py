@@ -8,7 +8,8 @@
     pushforward sample DIR -n N -o FILE(.npy|.csv) [--context VALUES|FILE]
     pushforward eval DIR [--data DATA]        # one JSON line: nll, bpd, w2, ...
     pushforward plot DIR                      # PNGs (and a GIF) into DIR/plots/
-    pushforward demo [--out DIR] [--max-time S]
+    pushforward demo [--out DIR] [--max-time S] [--gallery]
+    pushforward gallery [--out DIR] [--data TARGET] [--max-time S] [--models a,b,...]
     pushforward models | datasets
     pushforward bench [ARGS...]               # runs benchmarks/density.py of a source checkout
 
@@ -542,7 +543,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from pushforward.gallery import cli_gallery
+
+    return cli_gallery(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "gallery", False):
+        return cmd_gallery(args)
     import torch
 
     import pushforward as pf
@@ -701,7 +710,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-gif", action="store_true")
     d.add_argument("--device")
+    d.add_argument("--gallery", action="store_true",
+                   help="every 2-D model family instead (see `pushforward gallery`); --max-time is per model")
+    d.add_argument("--models", help="with --gallery: comma-separated model names")
     d.set_defaults(func=cmd_demo)
+
+    ga = sub.add_parser("gallery", parents=[common],
+                        help="train every 2-D model family on one target; PNGs, a table and one HTML page")
+    ga.add_argument("--out", default="gallery_out")
+    ga.add_argument("--data", default="8gaussians", help="a 2-D closed-form target: 8gaussians, ring, spiral, checkerboard")
+    ga.add_argument("--max-time", type=float, default=20.0, help="training seconds per model")
+    ga.add_argument("--models", help="comma-separated names (default: every 2-D family)")
+    ga.add_argument("--seed", type=int, default=0)
+    ga.set_defaults(func=cmd_gallery)
 
     sub.add_parser("models", parents=[common], help="list model names").set_defaults(func=cmd_models)
     sub.add_parser("datasets", parents=[common], help="list data set names").set_defaults(func=cmd_datasets)
