@@ -318,5 +318,6 @@ if __name__ == "__main__":
     p.add_argument("--depth", type=int, default=3)
     a = p.parse_args()
     torch.set_num_threads(1)
+    torch.manual_seed(0)  # network initialisation (fit's seed covers only the training stream)
     {"collect": collect, "tworoute": tworoute, "pusht": pusht, "latency": latency,
      "report": report}[a.what](a)
