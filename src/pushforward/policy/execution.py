@@ -64,7 +64,11 @@ class ChunkExecutor:
 def rollout(env: Any, controller: Callable[[np.ndarray], np.ndarray], seed: int | None = None,
             max_steps: int = 300, render: bool = False) -> dict:
     """Run one episode; returns ``{"obs" [T+1, O], "actions" [T, A], "rewards" [T], "infos",
-    "frames" (if render), "terminated", "steps"}``. ``controller`` may have a ``reset()``."""
+    "frames" (if render), "terminated", "steps"}``. ``controller`` may have a ``reset()``.
+
+    A non-finite observation from the environment ends the episode (``"nonfinite_obs": True``,
+    the step is dropped) rather than reaching the controller.
+    """
     if hasattr(controller, "reset"):
         controller.reset()
     obs, info = env.reset(seed=seed)
@@ -75,6 +79,11 @@ def rollout(env: Any, controller: Callable[[np.ndarray], np.ndarray], seed: int 
     for _ in range(max_steps):
         a = controller(obs)
         obs, r, terminated, truncated, info = env.step(a)
+        if not np.isfinite(np.asarray(obs, dtype=np.float64)).all():
+            # The simulator blew up (e.g. a body squeezed into a wall): the episode ends as a
+            # failure here instead of feeding NaN to the controller.
+            out["nonfinite_obs"] = True
+            break
         out["obs"].append(obs)
         out["actions"].append(np.asarray(a))
         out["rewards"].append(float(r))

@@ -42,7 +42,8 @@ _KEYPOINTS = np.array([(-60, 30), (60, 30), (60, 0), (-60, 0), (-15, 30), (15, 3
 
 
 class FlatObs:
-    """Wrap a PushT env so observations are flat ``[18]`` arrays (agent, then keypoints)."""
+    """Wrap a PushT env so observations are flat ``[18]`` arrays (agent, then keypoints) and
+    actions are clipped to the action space (as every method is evaluated the same way)."""
 
     def __init__(self, env: Any):
         self.env = env
@@ -56,8 +57,9 @@ class FlatObs:
         obs, info = self.env.reset(seed=seed, options=options)
         return self.flatten(obs), info
 
-    def step(self, action: Any):  # noqa: D102
-        obs, r, term, trunc, info = self.env.step(np.asarray(action, dtype=np.float64))
+    def step(self, action: Any):
+        """Step with the target clipped to the arena ``[0, 512]^2`` (the action space)."""
+        obs, r, term, trunc, info = self.env.step(np.clip(np.asarray(action, dtype=np.float64), 0.0, 512.0))
         return self.flatten(obs), r, term, trunc, info
 
     def render(self):  # noqa: D102
