@@ -267,3 +267,18 @@ def test_two_route_expert_is_bimodal_and_straight_line_collides():
     assert 0.3 <= m["left"] <= 0.7 and m["left"] + m["right"] == 1.0
     ep = rollout(TwoRouteEnv(), lambda o: np.array([0.0, 0.08]), seed=0, max_steps=80)
     assert ep["infos"][-1]["collision"] and not ep["infos"][-1]["success"]
+
+
+def test_rollout_stops_on_nonfinite_observation():
+    class Blowup:
+        def reset(self, seed=None):
+            self.t = 0
+            return np.zeros(2), {}
+
+        def step(self, a):
+            self.t += 1
+            obs = np.full(2, np.nan) if self.t == 2 else np.ones(2)
+            return obs, 0.0, False, False, {}
+
+    ep = rollout(Blowup(), lambda o: np.zeros(2), seed=0, max_steps=10)
+    assert ep["nonfinite_obs"] and ep["steps"] == 1 and np.isfinite(ep["obs"]).all()
