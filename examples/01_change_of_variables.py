@@ -11,8 +11,9 @@ Three small exact experiments next to the library call that does each at scale:
 2. The 1-D CDF flow: ``z = F(x)`` sends data to Uniform(0, 1) when ``F`` is the data's CDF;
    sampling is the inverse, ``x = F^{-1}(u)`` (``pf.build("cdf", 1)``).
 3. Why a Gaussian mixture samples badly in high dimension: a product of D bimodal coordinates
-   has 2^D modes; a K-component mixture can cover at most K of them, so its samples miss
-   almost all modes as D grows, while a flow (here: a product of 1-D CDF flows) covers all.
+   has 2^D modes. Once 2^D outgrows the K components, each component must straddle several
+   modes, so the mixture's samples land between modes and its likelihood falls behind, while a
+   flow built from 1-D CDF flows (one per coordinate) has every mode whatever D.
 
 Run: ``python examples/01_change_of_variables.py [--out DIR] [--quick]``.
 """
