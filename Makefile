@@ -19,7 +19,7 @@ tutorials-quick:
 
 # Every 2-D family on 8 Gaussians; the docs' gallery page embeds the result.
 gallery:
-	OMP_NUM_THREADS=1 $(PY) -m pushforward gallery --out docs/gallery --max-time 20
+	OMP_NUM_THREADS=1 $(PY) -m pushforward gallery --out docs/gallery --max-time 25
 
 test:
 	$(PY) -m pytest
