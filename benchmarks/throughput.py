@@ -51,16 +51,16 @@ def matched(dim: int, batch: int) -> list[tuple]:
     rows = []
     for name, ours, theirs in pairs:
         with torch.no_grad():
-            t_ours = best_time(lambda: ours.log_prob(x))
-            t_zuko = best_time(lambda: theirs().log_prob(x))
+            t_ours = best_time(lambda m=ours: m.log_prob(x))
+            t_zuko = best_time(lambda f=theirs: f().log_prob(x))
 
-        def step_ours():
-            ours.zero_grad()
-            ours.loss(xb).backward()
+        def step_ours(m=ours):
+            m.zero_grad()
+            m.loss(xb).backward()
 
-        def step_zuko():
-            theirs.zero_grad()
-            (-theirs().log_prob(xb).mean()).backward()
+        def step_zuko(f=theirs):
+            f.zero_grad()
+            (-f().log_prob(xb).mean()).backward()
 
         s_ours, s_zuko = best_time(step_ours), best_time(step_zuko)
         rows.append((dim, name, batch / t_ours, batch / t_zuko, s_ours * 1e3, s_zuko * 1e3))
