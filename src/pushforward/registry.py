@@ -29,8 +29,7 @@ def register(name: str, description: str = "") -> Callable:
 
 
 def _ensure_loaded() -> None:
-    # Builders live next to their model families; importing them fills the registry.
-    import pushforward.flows  # noqa: F401
+    # Builders live in pushforward.builders; _families imports each module, filling the registry.
     from pushforward import _families  # noqa: F401
 
 
