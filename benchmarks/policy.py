@@ -148,7 +148,9 @@ def collect(args) -> None:
 
     t = time.time()
     demos, stats = collect_demos(args.demos, seed=100_000, max_episodes=4 * args.demos, verbose=True,
-                                 on_demo=lambda d: _write_demos(d) if len(d) % 10 == 0 else None)
+                                 on_demo=lambda d: _write_demos(d) if len(d) % 10 == 0 else None,
+                                 workers=args.workers)
+    stats["seeds"] = "100000 + w * 100000 + i for worker w" if args.workers > 1 else "100000 + i"
     stats["seconds"] = round(time.time() - t, 1)
     _write_demos(demos)
     _save_json("policy_pusht_expert.json", stats)
@@ -309,6 +311,7 @@ if __name__ == "__main__":
     p.add_argument("--demos", type=int, default=200)
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--workers", type=int, default=1, help="collect: expert processes")
     p.add_argument("--reuse", action="store_true", help="pusht: reuse finished results and /tmp/policy checkpoints")
     p.add_argument("--tag", default="", help="pusht: suffix of the result/checkpoint names")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the policy's)")

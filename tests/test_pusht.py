@@ -44,3 +44,34 @@ def test_expert_improves_coverage_and_chunks_build():
     h = ObsHistory(lambda x: seen.append(x) or x[-OBS_DIM:-OBS_DIM + 2], 2)
     rollout(env, h, seed=0, max_steps=3)
     assert all(s.shape == (2 * OBS_DIM,) for s in seen)
+
+
+def test_vectorised_coverage_and_keypoints_match_the_environment():
+    from pushforward.policy.pusht import coverage, keypoint_distance
+
+    env = make_env()
+    u = env.unwrapped
+    rng = np.random.default_rng(0)
+    poses, want = [], []
+    for s in range(8):
+        env.reset(seed=s)
+        for _ in range(4):
+            env.step(rng.uniform(100, 400, 2))
+        poses.append([u.block.position[0], u.block.position[1], u.block.angle])
+        want.append(u._get_coverage())
+    np.testing.assert_allclose(coverage(np.array(poses), u.goal_pose), want, atol=1e-9)
+    assert np.ptp(want) > 0.05  # the states differ, so the check means something
+    assert keypoint_distance(np.array([u.goal_pose]), u.goal_pose)[0] < 1e-9
+    assert coverage(np.array([u.goal_pose]), u.goal_pose)[0] > 1 - 1e-9
+
+
+def test_expert_plans_are_a_function_of_the_state():
+    # The expert keeps no memory across plans, so a policy that sees the state can imitate it.
+    env = make_env()
+    obs, _ = env.reset(seed=5)
+    a = PushTExpert(env)
+    first = a(obs)
+    env.reset(seed=5)
+    b = PushTExpert(env)
+    np.testing.assert_allclose(b(obs), first)
+    assert a.replan == 8

@@ -87,29 +87,69 @@ def _rot(a: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
+_T_OUTLINE = np.array([(-60, 0), (60, 0), (60, 30), (15, 30), (15, 120), (-15, 120), (-15, 30), (-60, 30)], float)
+
+
+def _poses_to_world(points: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """Body-frame ``points [P, 2]`` at ``poses [N, 3]`` (x, y, angle) -> world ``[N, P, 2]``."""
+    c, s = np.cos(poses[:, 2]), np.sin(poses[:, 2])
+    rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # [N, 2, 2]
+    return np.einsum("nij,pj->npi", rot, points) + poses[:, None, :2]
+
+
+def keypoint_distance(poses: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Mean distance (pixels) between the T's 8 keypoints at ``poses [N, 3]`` and at ``goal [3]``."""
+    kp = _poses_to_world(_KEYPOINTS, poses)
+    kg = _poses_to_world(_KEYPOINTS, np.asarray(goal, float)[None])
+    return np.linalg.norm(kp - kg, axis=-1).mean(-1)
+
+
+def coverage(poses: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Fraction of the goal T covered by the block at ``poses [N, 3]`` (the environment's
+    reward, computed for many poses at once with shapely's vectorised operations)."""
+    import shapely
+
+    blocks = shapely.polygons(_poses_to_world(_T_OUTLINE, poses))
+    g = shapely.polygons(_poses_to_world(_T_OUTLINE, np.asarray(goal, float)[None]))[0]
+    return shapely.area(shapely.intersection(blocks, g)) / shapely.area(g)
+
+
 class PushTExpert:
     """Scripted push planner for PushT (see the module docstring); a controller ``obs -> action``.
 
+    Every ``replan`` control steps it plans afresh from the current state (it keeps no other
+    memory, so what it does is a function of what a policy observes): it simulates candidate
+    pushes on a saved copy of the physics, scores every prefix of each, and follows the best
+    (walking around the block to the pre-contact point first if needed). Candidates are pushes
+    from points on the T's outline (``angles`` off the inward normal) and, when the agent already
+    touches the block, pushes from where it stands (towards the block's centre and along its
+    current motion). Far from the goal a push is scored by the mean keypoint distance to the goal;
+    near it (``fine_below`` pixels) by the coverage itself, with slower ``fine_speed`` pushes added.
+
     Args:
         env: the :class:`FlatObs` environment it acts in (it reads and simulates the physics).
+        replan: control steps between plans (the policies are evaluated executing 8 of 16).
         angles: push directions relative to the inward normal (degrees).
-        push_steps, push_speed: longest push (control steps) and its speed (pixels per step);
-            every prefix of it is a candidate push length.
-        travel_cost: cost per pixel of walking to a pre-contact point (keypoint-distance units).
+        push_steps, push_speed, fine_speed: longest push (control steps) and its speeds (pixels
+            per step); every prefix of a push is a candidate length.
+        travel_cost, walk_penalty: cost per pixel walked and per control step spent walking
+            (keypoint-distance units).
         speed: maximum move of the target per control step when walking (pixels).
     """
 
-    def __init__(self, env: FlatObs, angles: tuple[float, ...] = (-25.0, 0.0, 25.0), push_steps: int = 10,
-                 push_speed: float = 7.0, travel_cost: float = 0.03, speed: float = 40.0, margin: float = 6.0):
+    def __init__(self, env: FlatObs, replan: int = 8, angles: tuple[float, ...] = (-25.0, 0.0, 25.0),
+                 push_steps: int = 10, push_speed: float = 7.0, fine_speed: float = 2.5, fine_below: float = 15.0,
+                 travel_cost: float = 0.03, walk_penalty: float = 1.0, speed: float = 40.0, margin: float = 6.0):
         self.env, self.u = env, env.unwrapped
-        self.angles, self.push_steps, self.push_speed = angles, push_steps, push_speed
-        self.travel_cost, self.speed, self.margin = travel_cost, speed, margin
+        self.replan, self.angles, self.push_steps = replan, angles, push_steps
+        self.push_speed, self.fine_speed, self.fine_below = push_speed, fine_speed, fine_below
+        self.travel_cost, self.walk_penalty, self.speed, self.margin = travel_cost, walk_penalty, speed, margin
         self.reset()
 
     def reset(self) -> None:  # noqa: D102
         self.plan: list[np.ndarray] = []
         self.pre: np.ndarray | None = None
-        self.walk = 0
+        self.walking, self.t = False, 0
 
     # ----------------------------------------------------------------- physics helpers
     def _save(self) -> tuple:
@@ -134,49 +174,69 @@ class PushTExpert:
             agent.velocity = (vx + (kp * (tx - px) - kv * vx) * dt, vy + (kp * (ty - py) - kv * vy) * dt)
             u.space.step(dt)
 
-    def _cost(self) -> float:
-        b, g = self.u.block, self.u.goal_pose
-        kp = _KEYPOINTS @ _rot(b.angle).T + np.asarray(b.position)
-        kg = _KEYPOINTS @ _rot(g[2]).T + g[:2]
-        return float(np.linalg.norm(kp - kg, axis=1).mean())
+    def _pose(self) -> tuple[float, float, float]:
+        b = self.u.block
+        return (b.position[0], b.position[1], b.angle)
 
-    def _world(self, p: tuple, n: tuple) -> tuple[np.ndarray, np.ndarray]:
-        r = _rot(self.u.block.angle)
-        return r @ np.asarray(p) + np.asarray(self.u.block.position), r @ np.asarray(n)
+    def _cost(self, poses: np.ndarray) -> np.ndarray:
+        k = keypoint_distance(poses, self.u.goal_pose)
+        if self.fine:
+            return 100.0 * (1.0 - coverage(poses, self.u.goal_pose)) + 0.2 * k
+        return k
+
+    def _geom(self):
+        from gym_pusht.envs.pusht import pymunk_to_shapely
+
+        return pymunk_to_shapely(self.u.block, self.u.block.shapes)
 
     # ----------------------------------------------------------------- planning
     def _choose(self) -> None:
-        """Simulate the longest push from every contact and direction once, scoring every prefix
-        of it (push lengths in steps of ``push_speed``), and keep the best (contact, length)."""
+        """Simulate every candidate push once, score each prefix, keep the best (start, targets)."""
+        import shapely.geometry as sg
+
         saved = self._save()
         agent = np.asarray(self.u.agent.position)
-        best, best_cost = None, math.inf
+        self.fine = bool(keypoint_distance(np.array([self._pose()]), self.u.goal_pose)[0] < self.fine_below)
+        speeds = (self.push_speed, self.fine_speed) if self.fine else (self.push_speed,)
+        starts, dirs, extra, teleport = [], [], [], []
         for p, n in _CONTACTS:
-            c, nw = self._world(p, n)
+            c, nw = _rot(self.u.block.angle) @ np.asarray(p) + np.asarray(self.u.block.position), _rot(self.u.block.angle) @ np.asarray(n)
             pre = c + nw * (15.0 + self.margin)
             if not ((25 < pre) & (pre < 487)).all():
                 continue  # the agent cannot stand there (walls)
-            travel = self.travel_cost * float(np.linalg.norm(pre - agent))
+            dist = float(np.linalg.norm(pre - agent))
+            walk = self.travel_cost * dist + (self.walk_penalty * (2.0 + dist / self.speed) if dist > 4.0 else 0.0)
             for ang in self.angles:
-                d = -(_rot(math.radians(ang)) @ nw)
-                self.u.agent.position, self.u.agent.velocity = tuple(pre), (0.0, 0.0)
-                targets = []
-                for i in range(self.push_steps):
-                    targets.append(pre + d * self.push_speed * (i + 1))
-                    self._sim_step(targets[-1])
-                    cost = self._cost() + travel
-                    if cost < best_cost:
-                        best, best_cost = (pre, list(targets)), cost
+                starts.append(pre), dirs.append(-(_rot(math.radians(ang)) @ nw)), extra.append(walk), teleport.append(True)
+        if self._geom().distance(sg.Point(*agent)) < 15.0 + 12.0:  # touching: keep pushing from here
+            com = np.asarray(self.u.block.local_to_world(self.u.block.center_of_gravity))
+            to = (com - agent) / max(float(np.linalg.norm(com - agent)), 1e-6)
+            here = [_rot(math.radians(a)) @ to for a in (-40.0, -20.0, 0.0, 20.0, 40.0)]
+            vel = np.asarray(self.u.agent.velocity)
+            if np.linalg.norm(vel) > 5.0:
+                here += [_rot(math.radians(a)) @ (vel / np.linalg.norm(vel)) for a in (-15.0, 0.0, 15.0)]
+            for d in here:
+                starts.append(agent), dirs.append(d), extra.append(0.0), teleport.append(False)
+        poses, index = [], []
+        for i, (s, d) in enumerate(zip(starts, dirs)):
+            for v in speeds:
+                if teleport[i]:
+                    self.u.agent.position, self.u.agent.velocity = tuple(s), (0.0, 0.0)
+                for k in range(self.push_steps):
+                    self._sim_step(s + d * v * (k + 1))
+                    poses.append(self._pose())
+                    index.append((i, v, k + 1))
                 self._restore(saved)
-        self.pre, self.plan, self.walk = best[0], list(best[1]), 0
+        cost = self._cost(np.asarray(poses)) + np.asarray([extra[i] for i, _, _ in index])
+        i, v, k = index[int(np.argmin(cost))]
+        self.pre = starts[i]
+        self.plan = [starts[i] + dirs[i] * v * (j + 1) for j in range(k)]
 
     def _clear(self, a: np.ndarray, b: np.ndarray) -> bool:
         """Whether the agent can move straight from a to b without touching the T."""
         import shapely.geometry as sg
-        from gym_pusht.envs.pusht import pymunk_to_shapely
 
-        geom = pymunk_to_shapely(self.u.block, self.u.block.shapes)
-        return geom.distance(sg.LineString([tuple(a), tuple(b)])) > 15.0 + 2.0
+        return self._geom().distance(sg.LineString([tuple(a), tuple(b)])) > 15.0 + 2.0
 
     def _walk_target(self, agent: np.ndarray) -> np.ndarray:
         d = self.pre - agent
@@ -195,31 +255,23 @@ class PushTExpert:
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:  # noqa: D102
         agent = np.asarray(obs[:2], dtype=np.float64)
-        if self.pre is None or (not self.plan) or self.walk > 40:
+        if self.t % self.replan == 0 or not self.plan:
             self._choose()
-        if self.walk >= 0 and np.linalg.norm(agent - self.pre) > 4.0 and self.walk <= 40:
-            self.walk += 1
+            self.walking = bool(np.linalg.norm(agent - self.pre) > 4.0)
+        self.t += 1
+        if self.walking and np.linalg.norm(agent - self.pre) > 4.0:
             return self._walk_target(agent)
-        self.walk = -1  # arrived: push
-        target = self.plan.pop(0)
-        if not self.plan:
-            self.pre = None
-        return target
+        self.walking = False
+        return self.plan.pop(0) if len(self.plan) > 1 else self.plan[-1]
 
 
-def collect_demos(n_success: int, seed: int = 0, max_episodes: int | None = None, max_steps: int = 300,
-                  verbose: bool = False, on_demo: Any = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
-    """Run the expert on seeded episodes until ``n_success`` successes (or ``max_episodes``).
-
-    Returns ``(demos, stats)``: the successful episodes as ``(obs [T, 18], actions [T, 2])``
-    and the expert's own success rate / mean max coverage over every episode tried.
-    """
+def _collect(n_success: int, seed: int, max_episodes: int, max_steps: int, verbose: bool, on_demo: Any = None,
+             tag: str = "") -> tuple[list, list]:
     from pushforward.policy.execution import rollout
 
     env = make_env()
     expert = PushTExpert(env)
     demos, rows, i = [], [], 0
-    max_episodes = max_episodes or 3 * n_success
     while len(demos) < n_success and i < max_episodes:
         ep = rollout(env, expert, seed=seed + i, max_steps=max_steps)
         m = pusht_metrics(ep)
@@ -229,9 +281,40 @@ def collect_demos(n_success: int, seed: int = 0, max_episodes: int | None = None
             if on_demo is not None:
                 on_demo(demos)  # e.g. save progress
         if verbose:
-            print(f"episode {i}: max coverage {m['max_coverage']:.3f} steps {ep['steps']} "
+            print(f"{tag}episode {seed + i}: max coverage {m['max_coverage']:.3f} steps {ep['steps']} "
                   f"({len(demos)} demos)", flush=True)
         i += 1
+    return demos, rows
+
+
+def _collect_star(args: tuple) -> tuple[list, list]:
+    return _collect(*args)
+
+
+def collect_demos(n_success: int, seed: int = 0, max_episodes: int | None = None, max_steps: int = 300,
+                  verbose: bool = False, on_demo: Any = None,
+                  workers: int = 1) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+    """Run the expert on seeded episodes until ``n_success`` successes (or ``max_episodes``).
+
+    With ``workers > 1`` the work is split between processes: worker ``w`` runs seeds
+    ``seed + w * 100_000 + i`` until it has its share of the successes (``on_demo`` is then not
+    called). Returns ``(demos, stats)``: the successful episodes as ``(obs [T, 18], actions [T, 2])``
+    and the expert's own success rate / mean max coverage over every episode tried.
+    """
+    max_episodes = max_episodes or 3 * n_success
+    if workers <= 1:
+        demos, rows = _collect(n_success, seed, max_episodes, max_steps, verbose, on_demo)
+    else:
+        import multiprocessing as mp
+
+        share = [n_success // workers + (w < n_success % workers) for w in range(workers)]
+        jobs = [(share[w], seed + w * 100_000, -(-max_episodes // workers), max_steps, verbose, None, f"[{w}] ")
+                for w in range(workers)]
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_collect_star, jobs)
+        demos = [d for part, _ in parts for d in part]
+        rows = [r for _, part in parts for r in part]
     stats = {"episodes": len(rows), "success_rate": float(np.mean([r["success"] for r in rows])),
-             "mean_max_coverage": float(np.mean([r["max_coverage"] for r in rows])), "demos": len(demos)}
+             "mean_max_coverage": float(np.mean([r["max_coverage"] for r in rows])), "demos": len(demos),
+             "mean_demo_steps": float(np.mean([len(a) for _, a in demos])) if demos else 0.0}
     return demos, stats
