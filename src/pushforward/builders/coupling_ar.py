@@ -27,7 +27,7 @@ from pushforward.nets.mlp import _ACTIVATIONS
 from pushforward.registry import register
 from pushforward.transforms.autoregressive import MaskedAutoregressive
 from pushforward.transforms.base import Inverse, Transform
-from pushforward.transforms.coupling import Coupling, coupling_mask
+from pushforward.transforms.coupling import ADDITIVE_INIT_STD, Coupling, coupling_mask
 from pushforward.transforms.elementwise import Additive, Affine, Chain, ElementwiseMap
 from pushforward.transforms.linear import ActNorm
 from pushforward.transforms.splines import RationalQuadraticSpline
@@ -68,14 +68,24 @@ def _layer_mask(dim: int, i: int, mask: str):
 
 
 def _coupling_flow(
-    name: str, dim: int, context_dim: int, f: ElementwiseMap, transforms: int, hidden, activation, mask
+    name: str,
+    dim: int,
+    context_dim: int,
+    f: ElementwiseMap,
+    transforms: int,
+    hidden,
+    activation,
+    mask,
+    init_std: float = 0.0,
 ) -> list[Transform]:
     if dim < 2:
         raise ValueError(
             f"{name!r} is a coupling flow and needs dim >= 2 (one part conditions the other), got dim={dim}; "
             "for 1-D data use 'maf' or 'nsf' (autoregressive), which condition on the context only"
         )
-    return [Coupling(_layer_mask(dim, i, mask), f, context_dim, hidden, activation) for i in range(transforms)]
+    return [
+        Coupling(_layer_mask(dim, i, mask), f, context_dim, hidden, activation, init_std) for i in range(transforms)
+    ]
 
 
 def _ar_layers(dim: int, context_dim: int, f: ElementwiseMap, transforms: int, hidden, activation, order):
@@ -103,13 +113,21 @@ def nice(
     hidden: Sequence[int] = (128, 128),
     activation: str = "relu",
     mask: str = "alternate",
+    init_std: float = ADDITIVE_INIT_STD,
 ) -> NormalizingFlow:
     """NICE: ``transforms`` additive coupling layers then a learned diagonal scaling (ActNorm).
 
-    Volume preserving except for the final scaling. Needs ``dim >= 2``.
+    Volume preserving except for the final scaling. Needs ``dim >= 2``. ``init_std``: std of
+    the conditioners' random last layer, so the flow starts *near* the identity; with 0 (exact
+    identity) training stalls on symmetric data such as 8 Gaussians, whose additive shifts get
+    no expected gradient there (see :data:`pushforward.transforms.coupling.ADDITIVE_INIT_STD`).
     """
     hidden = _check_common("nice", dim, image_shape, transforms, hidden, activation)
-    layers = _coupling_flow("nice", dim, context_dim, Additive(), transforms, hidden, activation, mask)
+    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not (0 <= init_std < float("inf")):
+        raise ValueError(f"init_std must be a non-negative finite number, got {init_std!r}")
+    layers = _coupling_flow(
+        "nice", dim, context_dim, Additive(), transforms, hidden, activation, mask, float(init_std)
+    )
     return _flow([*layers, ActNorm(dim)], dim, context_dim)
 
 
