@@ -13,6 +13,7 @@ One routine, :func:`ode_log_prob`, serves FFJORD, flow matching and the probabil
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -148,6 +149,17 @@ class ContinuousFlow(FlowModel):
     Subclasses whose field allows a cheaper exact divergence than autograd override
     :meth:`velocity_with_divergence`; ``log_prob`` then uses it.
 
+    The ODE runs over ``t_span = (t_start, t_end)``, by default ``(0, 1)``: sampling integrates
+    from the base at ``t_start`` to ``t_end``, ``log_prob`` back from ``t_end`` to ``t_start``,
+    ``log p_{t_end}(x) = log p_base(x_{t_start}) - int_{t_start}^{t_end} div u_t(x_t) dt``. A model
+    whose ODE stops short of 1 (the probability-flow ODE of a score model stops at
+    ``1 - s_eps``) or runs backwards (``t_start > t_end``) passes its own span.
+
+    Args:
+        event_shape, context_dim: see :class:`~pushforward.models.FlowModel`.
+        base: the distribution at ``t_start`` (default ``N(0, I)``).
+        t_span: ``(t_start, t_end)``, two different finite numbers (default ``(0.0, 1.0)``).
+
     Attributes:
         default_solver / default_steps: used when a call gives none (fixed-grid solvers use
             ``steps``; adaptive ones ``atol``/``rtol``).
@@ -160,11 +172,27 @@ class ContinuousFlow(FlowModel):
     default_atol: float = 1e-5
     default_rtol: float = 1e-5
     exact_max_dim: int = 10
+    t_span: tuple[float, float] = (0.0, 1.0)  # class default: instances pickled before t_span existed
 
-    def __init__(self, event_shape, context_dim: int = 0, base: Distribution | None = None):
+    def __init__(
+        self,
+        event_shape,
+        context_dim: int = 0,
+        base: Distribution | None = None,
+        t_span: tuple[float, float] | None = None,
+    ):
         super().__init__(event_shape, context_dim)
         self.base = base if base is not None else StandardNormal(self.event_shape)
         self.nfe = 0
+        if t_span is None:
+            t_span = (0.0, 1.0)
+        try:
+            start, end = (float(v) for v in t_span)
+        except (TypeError, ValueError):
+            raise ValueError(f"t_span must be two numbers (t_start, t_end), got {t_span!r}") from None
+        if not (math.isfinite(start) and math.isfinite(end)) or start == end:
+            raise ValueError(f"t_span must be two different finite times, got {t_span!r}")
+        self.t_span = (start, end)
 
     def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
         """``u_t(x)`` in standardized units: x ``[N, ...]``, t ``[]`` or ``[N]`` -> ``[N, ...]``."""
@@ -198,7 +226,7 @@ class ContinuousFlow(FlowModel):
 
     def _sample(self, n, context, generator=None, steps=None, solver=None, atol=None, rtol=None, x0=None):
         x0 = self.base.sample(n, context, generator) if x0 is None else x0
-        xs, self.nfe = odeint(self._field(context), x0, [0.0, 1.0], return_nfe=True,
+        xs, self.nfe = odeint(self._field(context), x0, list(self.t_span), return_nfe=True,
                               **self._solver_args(solver, steps, atol, rtol))
         return xs[-1]
 
@@ -214,7 +242,7 @@ class ContinuousFlow(FlowModel):
             lambda y, t: self.velocity(y, t, context), x, lambda z: self.base.log_prob(z, context),
             exact=exact, probe=probe, generator=generator, adjoint=adjoint,
             adjoint_params=tuple(self.parameters()) if adjoint else None,
-            exact_method=exact_method, velocity_divergence=fast,
+            exact_method=exact_method, velocity_divergence=fast, t0=self.t_span[0], t1=self.t_span[1],
             **self._solver_args(solver, steps, atol, rtol),
         )
         return lp
@@ -228,7 +256,8 @@ class ContinuousFlow(FlowModel):
         x0: Tensor | None = None,
         solver: str = "euler",
     ) -> Tensor:
-        """States from noise (t=0) to data (t=1) in user units: ``[steps + 1, n, *event_shape]``.
+        """States from noise (``t_start``, 0 by default) to data (``t_end``, 1 by default) in user
+        units, on ``steps`` uniform steps: ``[steps + 1, n, *event_shape]``.
 
         Give ``n`` (noise drawn from the base) or ``x0`` (noise ``[n, ...]`` in model units).
         """
@@ -237,7 +266,7 @@ class ContinuousFlow(FlowModel):
                 raise ValueError("trajectory needs n or x0")
             context = self._check_context(context, n)
             x0 = self.base.sample(n, context, generator)
-        times = torch.linspace(0.0, 1.0, steps + 1).tolist()
+        times = torch.linspace(*self.t_span, steps + 1, dtype=torch.float64).tolist()
         with torch.no_grad():
             xs, self.nfe = odeint(self._field(context), x0, times, solver=solver, steps=steps, return_nfe=True)
         return self.unstandardize(xs)

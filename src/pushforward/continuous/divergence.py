@@ -10,11 +10,13 @@ is how many kernel launches and autograd nodes carry them):
 - ``"batched"``: the D VJPs in one vmapped backward pass (``torch.autograd.grad(...,
   is_grads_batched=True)``). Works for any velocity; on one CPU thread it is within +-30 % of the
   loop (benchmarks/results/continuous.md), so ``"auto"`` uses it only where no faster path exists.
-- forward-mode Jacobian of an MLP (:func:`mlp_divergence`): propagates ``dh/dx`` ``[N, D, H]``
-  through Linear/elementwise layers alongside the activations, one GEMM per layer, no autograd
-  graph in inference. 2.6-2.8x faster than the loop for batches of 256 in D = 5..10, ~1.5x at
-  1000, on par at 5000 (same D Jacobian products; large batches are GEMM/memory bound). FFJORD
-  and the score models use it.
+- the MLP trace (:func:`mlp_divergence`): for ``u = W_L S_{L-1} ... S_1 W_1 x`` (``S_k`` the
+  activation slopes) ``tr J`` is assembled from a left and a right partial product meeting in
+  the middle layer, each one GEMM of ``[N, H]`` slopes by a fixed ``[H, D H]`` matrix, in row
+  blocks that stay in cache. FFJORD uses it (``velocity_with_divergence``). Same multiply-add
+  count as the loop (``~2 D H^2`` per sample), far fewer passes over memory and kernel launches:
+  see benchmarks/results/continuous.md for the speed-up (>= 2x for D = 10; at large batches in
+  D = 2 the forward pass alone is over half the loop's time, which bounds any exact method).
 """
 
 from __future__ import annotations
@@ -101,6 +103,21 @@ def make_probe(
 
 
 # ---------------------------------------------------------------------------- forward-mode MLP
+def activation(name: str, a: Tensor) -> Tensor:
+    """``sigma(a)`` for the activations of :func:`activation_and_derivative` (value only)."""
+    if name == "softplus":
+        return F.softplus(a)
+    if name == "tanh":
+        return torch.tanh(a)
+    if name == "silu":
+        return F.silu(a)
+    if name == "elu":
+        return F.elu(a)
+    if name == "identity":
+        return a
+    raise ValueError(f"unknown activation {name!r}; choose softplus, tanh, silu, elu or identity")
+
+
 def activation_and_derivative(name: str, a: Tensor) -> tuple[Tensor, Tensor]:
     """``(sigma(a), sigma'(a))`` for a smooth elementwise activation, sharing intermediates.
 
@@ -110,7 +127,7 @@ def activation_and_derivative(name: str, a: Tensor) -> tuple[Tensor, Tensor]:
         return F.softplus(a), torch.sigmoid(a)
     if name == "tanh":
         h = torch.tanh(a)
-        return h, 1 - h * h
+        return h, torch.addcmul(h.new_ones(()), h, h, value=-1)  # 1 - h^2 in one pass
     if name == "silu":
         s = torch.sigmoid(a)
         return a * s, s * (1 + a * (1 - s))
@@ -122,6 +139,36 @@ def activation_and_derivative(name: str, a: Tensor) -> tuple[Tensor, Tensor]:
     raise ValueError(f"no derivative known for activation {name!r}")
 
 
+def fold_modulation(
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor | None],
+    gates: Sequence[Tensor | None] | None,
+    shifts: Sequence[Tensor | None] | None,
+) -> list[tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+    """Fold row-vector modulation (``[1, H]`` gates/shifts) into the layers' weights and biases.
+
+    ``(h W^T + b) * g + s = h (g W)^T + (g b + s)`` for a row vector ``g``: an ODE solve calls the
+    field at one shared t, so the gate costs an ``[H, H_in]`` scaling instead of two ``[N, H]``
+    passes, and the Jacobian products of :func:`mlp_divergence` see plain weights. Per-sample
+    gates/shifts (context, per-sample t) are returned unchanged.
+
+    Returns:
+        per layer ``(W, b, g or None, s or None)``.
+    """
+    layers = []
+    for k, w in enumerate(weights):
+        b = biases[k]
+        g = gates[k] if gates is not None else None
+        s = shifts[k] if shifts is not None else None
+        if g is not None and g.dim() == 2 and g.shape[0] == 1:
+            gv = g.reshape(-1)
+            w, b, g = w * gv[:, None], None if b is None else b * gv, None
+        if s is not None and s.dim() == 2 and s.shape[0] == 1:
+            b, s = s.reshape(-1) if b is None else b + s.reshape(-1), None
+        layers.append((w, b, g, s))
+    return layers
+
+
 def mlp_divergence(
     x: Tensor,
     weights: Sequence[Tensor],
@@ -131,14 +178,21 @@ def mlp_divergence(
     shifts: Sequence[Tensor | None] | None = None,
     extra_input: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Output and exact divergence of an MLP ``R^D -> R^D`` in one forward pass.
+    """Output and exact divergence of an MLP ``R^D -> R^D`` in one pass, without autograd.
 
     Layer k computes ``a_k = (h_{k-1} W_k^T + b_k) * g_k + s_k`` and ``h_k = sigma(a_k)`` (no
-    activation after the last layer), with optional per-layer gates ``g_k`` and shifts ``s_k``
-    that do not depend on ``x`` (time/context modulation, "ConcatSquash" layers of FFJORD). The
-    input is ``h_0 = [x, extra_input]``. The Jacobian ``J_k = dh_k/dx`` ``[N, D, H_k]`` is carried
-    forward (``J_k = (J_{k-1} W_k^T) * g_k * sigma'(a_k)``, one GEMM of ``N*D`` rows per layer) and
-    ``div = sum_i J_L[:, i, i]``.
+    activation after the last layer, k = L), with optional per-layer gates ``g_k`` and shifts
+    ``s_k`` that do not depend on ``x`` (time/context modulation, "ConcatSquash" layers of
+    FFJORD). The input is ``h_0 = [x, extra_input]``. With ``S_k = diag(sigma'(a_k) g_k)`` the
+    Jacobian is ``J = diag(g_L) W_L S_{L-1} W_{L-1} ... S_1 W_1x`` (``W_1x``: the x columns) and
+
+        div u = tr J = sum_i g_L[i] sum_h (W_L ... W_{m+1})[i, h] S_m[h] (W_m ... W_1x)[h, i],
+
+    evaluated "meet in the middle": the left product ``[D, H_m]`` and the right product
+    ``[H_m, D]`` per sample, then one weighted inner product. The two products that touch the
+    first and last layers cost one GEMM each with no per-sample scaling of a ``[N, D, H]`` tensor
+    first: ``(W_2 S_1 W_1x)[h, i] = sum_h' s_1[h'] W_2[h, h'] W_1x[h', i]`` is ``s_1 [N, H_1]``
+    times a fixed ``[H_1, D H_2]`` matrix (likewise on the left).
 
     Args:
         x: ``[N, D]``. weights: ``W_k`` ``[H_k, H_{k-1}]`` (the first has ``D + extra`` columns,
@@ -149,43 +203,76 @@ def mlp_divergence(
     Returns:
         ``(u [N, D], div [N])``; differentiable w.r.t. the weights (training) when grad is on.
     """
-    d = x.shape[1]
-    rows = max(1, _CHUNK_ELEMENTS // (d * max(w.shape[0] for w in weights)))
-    if x.shape[0] > rows:
-        # The Jacobian is D times the size of the activations: chunks keep it in cache.
-        def part(v, i):
-            return v if v is None or v.shape[0] == 1 else v[i:i + rows]
+    # Why this formulation (measured on one CPU thread, benchmarks/results/continuous.md): every
+    # exact method costs the same ~2 D H^2 multiply-adds per sample for a 3-hidden-layer MLP (D
+    # Jacobian columns through the two H x H layers), so beyond small batches only memory traffic
+    # and kernel launches separate them. torch.func.vmap(jacfwd) and vmap(jvp) over the identity
+    # basis were 1.3-3x *slower* than the per-dimension VJP loop (D = 2, 10; batch 256-5000); the
+    # layer-by-layer forward mode (a [N, D, H] tangent scaled by the slopes before every GEMM,
+    # about ten passes over N D H floats) was 2.8x faster at batch 256 but on par at 5000. Here
+    # the two GEMMs read [N, H] slopes and the [N, D, H] products are touched three times, in row
+    # blocks that stay in cache.
+    if not weights:
+        raise ValueError("mlp_divergence needs at least one layer")
+    n, d = x.shape
+    layers = fold_modulation(weights, biases, gates, shifts)
+    ws = [lay[0] for lay in layers]
+    w_x = ws[0][:, :d]
+    nh = len(ws) - 1  # hidden layers; layer k < nh has the slope S_{k+1} (0-based: slopes[k])
+    m = (nh - 1) // 2  # meet at slopes[m]: one GEMM on each side for 3 hidden layers
+    # Fixed [H, D H] factors of the first/last two layers (see the docstring); None if unused.
+    k_right = None if m < 1 else (w_x[:, :, None] * ws[1].T[:, None, :]).reshape(w_x.shape[0], -1)
+    k_left = None if nh < 2 or m == nh - 1 else (
+        (ws[nh].T[:, :, None] * ws[nh - 1][:, None, :]).reshape(ws[nh].shape[1], -1))
+    rows = max(1, _CHUNK_ELEMENTS // (d * max(w.shape[0] for w in ws)))
 
-        outs = [
-            mlp_divergence(
-                x[i:i + rows], weights, biases, activation,
-                None if gates is None else [part(g, i) for g in gates],
-                None if shifts is None else [part(s, i) for s in shifts],
-                part(extra_input, i),
-            )
-            for i in range(0, x.shape[0], rows)
-        ]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-    h = x if extra_input is None else torch.cat([x, extra_input], dim=-1)
-    jac = None  # dh_{k-1}/dx as [N, D, H_{k-1}], or None while it is the identity (h_0 = x)
-    last = len(weights) - 1
-    for k, w in enumerate(weights):
-        a = F.linear(h, w, biases[k])
-        g = gates[k] if gates is not None else None
-        if g is not None:
-            a = a * g
-        if shifts is not None and shifts[k] is not None:
-            a = a + shifts[k]
-        if k == last:
-            # Only the diagonal of J_L = (J_{L-1} W^T) * g is needed: no GEMM.
-            w_x = w[:, :d] if jac is None else w
-            diag = (w_x.diagonal() if jac is None else (jac * w).sum(-1))
+    def block(lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        def part(v):
+            return v if v is None or v.shape[0] == 1 else v[lo:hi]
+
+        h = x[lo:hi] if extra_input is None else torch.cat([x[lo:hi], extra_input[lo:hi]], dim=-1)
+        slopes = []  # diag of S_k, [rows or 1, H_k]
+        for k, (w, b, g, s) in enumerate(layers):
+            g, s = part(g), part(s)
+            a = F.linear(h, w, b)
             if g is not None:
-                diag = diag * g
-            return a, diag.expand(x.shape[0], d).sum(-1)
-        h, dh = activation_and_derivative(activation, a)
-        scale = dh if g is None else dh * g  # [N, H]: one broadcast multiply of the Jacobian below
-        jw = w[:, :d].T.unsqueeze(0) if jac is None else jac @ w.T
-        jac = jw * scale.unsqueeze(1)
-    raise ValueError("mlp_divergence needs at least one layer")
+                a = a * g
+            if s is not None:
+                a = a + s
+            if k == nh:
+                break
+            h, dh = activation_and_derivative(activation, a)
+            slopes.append(dh if g is None else dh * g)
+        if nh == 0:  # a linear map
+            diag = w_x.diagonal().expand(hi - lo, d)
+        elif nh == 1:  # sum_h W_2[i, h] s[h] W_1x[h, i]: one GEMM
+            diag = slopes[0] @ (ws[1] * w_x.T).T
+        else:
+            diag = _meet(ws, w_x, slopes, m, k_right, k_left).expand(hi - lo, d)
+        if g is not None:  # the last layer's gate scales row i of J
+            diag = diag * g
+        return a, diag.sum(-1)
 
+    if n <= rows:
+        return block(0, n)
+    # Row blocks keep the [rows, D, H] products and the activations in cache.
+    outs = [block(i, min(i + rows, n)) for i in range(0, n, rows)]
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def _meet(ws: list[Tensor], w_x: Tensor, slopes: list[Tensor], m: int, k_right, k_left) -> Tensor:
+    """``J[:, i, i]`` (before the last gate) from the left and right products meeting at ``slopes[m]``."""
+    nh, d = len(slopes), w_x.shape[1]
+    if k_right is None:
+        right = w_x.T  # [D, H_1]: R[i, h] = W_1x[h, i]
+    else:
+        right = (slopes[0] @ k_right).view(-1, d, ws[1].shape[0])
+        for k in range(2, m + 1):
+            right = (right * slopes[k - 1][:, None, :]) @ ws[k].T
+    if k_left is None:
+        left = ws[nh]  # [D, H_nh]
+    else:
+        left = (slopes[nh - 1] @ k_left).view(-1, d, ws[nh - 1].shape[1])
+        for k in range(nh - 2, m, -1):
+            left = (left * slopes[k][:, None, :]) @ ws[k]
+    return ((left * right) @ slopes[m][:, :, None]).squeeze(-1)

@@ -23,10 +23,11 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pushforward.continuous.cnf import ContinuousFlow, _check_field, ode_log_prob
-from pushforward.continuous.divergence import activation_and_derivative, mlp_divergence
+from pushforward.continuous.divergence import activation, fold_modulation, mlp_divergence
 
 ACTIVATIONS = ("softplus", "tanh", "silu", "elu")
 DIVERGENCES = ("hutchinson", "exact")
@@ -87,11 +88,18 @@ class ConcatSquashField(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:  # noqa: D102
         gates, shifts = self._modulation(self._condition(x, t, context))
+        # A shared t (the ODE solvers) gives [1, H] gates/shifts: folded into the weights.
+        layers = fold_modulation([lin.weight for lin in self.linears], [lin.bias for lin in self.linears],
+                                 gates, shifts)
         h = x
-        last = len(self.linears) - 1
-        for k, lin in enumerate(self.linears):
-            a = lin(h) * gates[k] + shifts[k]
-            h = a if k == last else activation_and_derivative(self.activation, a)[0]
+        last = len(layers) - 1
+        for k, (w, b, g, s) in enumerate(layers):
+            a = F.linear(h, w, b)
+            if g is not None:
+                a = a * g
+            if s is not None:
+                a = a + s
+            h = a if k == last else activation(self.activation, a)
         return h
 
     def forward_with_divergence(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

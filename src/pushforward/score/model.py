@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pushforward.continuous.cnf import ContinuousFlow, ode_log_prob
-from pushforward.continuous.ode import SOLVERS, odeint
+from pushforward.continuous.cnf import ContinuousFlow
+from pushforward.continuous.ode import SOLVERS
 from pushforward.nets import TimeMLP
 from pushforward.score.conversions import velocity_from_eps, x0_from_eps
 from pushforward.score.sde import SDE, SDEPrior, TimeLike, broadcast_time
@@ -129,7 +129,10 @@ class ScoreModel(ContinuousFlow):
         event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be a pushforward.score.SDE, got {type(sde).__name__}")
-        super().__init__(event_shape, context_dim, base=SDEPrior(event_shape, sde.prior_std))
+        # The PF ODE runs in library time from the prior (t = 0, s = 1) to t = 1 - s_eps: the
+        # base class's sample/log_prob/trajectory then serve it unchanged.
+        super().__init__(event_shape, context_dim, base=SDEPrior(event_shape, sde.prior_std),
+                         t_span=(0.0, 1.0 - sde.s_eps))
         self.sde = sde
         self.parametrization = _choice(parametrization, PARAMETRIZATIONS, "parametrization")
         self.weighting = _choice(weighting, WEIGHTINGS, "weighting")
@@ -283,11 +286,7 @@ class ScoreModel(ContinuousFlow):
         sampler = _choice(sampler or self.default_sampler, SAMPLERS, "sampler")
         x0 = self.base.sample(n, context, generator) if x0 is None else x0
         if sampler == "ode":
-            xs, self.nfe = odeint(
-                lambda t, x: self.velocity(x, t, context), x0, [0.0, self.t_end],
-                return_nfe=True, **self._solver_args(solver, steps, atol, rtol),
-            )
-            x = xs[-1]
+            x = super()._sample(n, context, steps=steps, solver=solver, atol=atol, rtol=rtol, x0=x0)
             if denoise_last_step:
                 x = self.denoise(x, self.t_end, context)
             return x
@@ -332,33 +331,6 @@ class ScoreModel(ContinuousFlow):
             nfe += 1
         self.nfe = nfe
         return x
-
-    def _log_prob(self, x, context=None, exact=None, steps=None, solver=None, atol=None, rtol=None,
-                  adjoint=False, **kwargs):
-        # As ContinuousFlow._log_prob, but the ODE runs over t in [0, 1 - s_eps]. Other keywords
-        # (probe, generator, exact_method) go to ode_log_prob unchanged.
-        if exact is None:
-            exact = x[0].numel() <= getattr(self, "exact_max_dim", 10)
-        lp, self.nfe = ode_log_prob(
-            lambda y, t: self.velocity(y, t, context), x, lambda z: self.base.log_prob(z, context),
-            exact=exact, adjoint=adjoint, adjoint_params=tuple(self.parameters()) if adjoint else None,
-            t0=0.0, t1=self.t_end, **self._solver_args(solver, steps, atol, rtol), **kwargs,
-        )
-        return lp
-
-    def trajectory(self, n=None, steps=50, context=None, generator=None, x0=None, solver="euler") -> Tensor:
-        """PF-ODE states from the prior (t=0) to ``t = 1 - s_eps`` in user units:
-        ``[steps + 1, n, *event_shape]`` (give ``n`` or prior noise ``x0`` in model units)."""
-        if x0 is None:
-            if n is None:
-                raise ValueError("trajectory needs n or x0")
-            context = self._check_context(context, n)
-            x0 = self.base.sample(n, context, generator)
-        times = torch.linspace(0.0, self.t_end, steps + 1, dtype=torch.float64).tolist()
-        with torch.no_grad():
-            xs, self.nfe = odeint(lambda t, x: self.velocity(x, t, context), x0, times,
-                                  solver=solver, steps=steps, return_nfe=True)
-        return self.unstandardize(xs)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, sde={self.sde!r}, parametrization={self.parametrization!r}, "
