@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 EXACT_METHODS = ("auto", "batched", "loop")
-_CHUNK_ELEMENTS = 1 << 18  # Jacobian entries per chunk in mlp_divergence (1 MiB in float32)
+_CHUNK_ELEMENTS = 1 << 17  # [rows, D, H] entries per row block of mlp_divergence (512 KiB in float32: L2)
 
 
 def divergence_exact(u: Tensor, x: Tensor, create_graph: bool = False, method: str = "loop") -> Tensor:
@@ -275,4 +275,9 @@ def _meet(ws: list[Tensor], w_x: Tensor, slopes: list[Tensor], m: int, k_right, 
         left = (slopes[nh - 1] @ k_left).view(-1, d, ws[nh - 1].shape[1])
         for k in range(nh - 2, m, -1):
             left = (left * slopes[k][:, None, :]) @ ws[k]
-    return ((left * right) @ slopes[m][:, :, None]).squeeze(-1)
+    prod = left * right
+    # A broadcast multiply and a sum, not a batched matmul: bmm over N tiny [D, H] x [H, 1]
+    # products has a per-sample backward (measured 3x slower in training).
+    mid = slopes[m][:, None, :]
+    prod = prod * mid if torch.is_grad_enabled() else prod.mul_(mid)
+    return prod.sum(-1)
