@@ -187,7 +187,7 @@ def pusht(args) -> None:
         "mse": RegressionPolicy(hist * OBS_DIM, 2, horizon, **net),
         "diffusion": DiffusionPolicy(hist * OBS_DIM, 2, horizon, **net),
     }
-    models = {k: m.to(args.device) for k, m in models.items()}
+    models = {k: m.to(args.device) for k, m in models.items() if k in args.methods.split(",")}
     variants = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
                 "diffusion": [("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}),
                               ("DDPM (100 steps)", {"sampler": "ddpm"})]}
@@ -221,11 +221,17 @@ def pusht(args) -> None:
                            "act_ms": 1e3 * _latency(policy, hist * OBS_DIM, **kw), "eval_s": round(time.time() - t, 1),
                            **info}
             print(vname, {k: round(v, 3) for k, v in rows[vname].items()}, flush=True)
-            _save_json(f"policy_pusht{args.tag}.json", {"demos": len(demos), "chunks": len(actions), "horizon": horizon,
+            out = RESULTS / f"policy_pusht{args.tag}.json"
+            if out.exists():  # several processes may share one results file (--methods)
+                done = json.loads(out.read_text())
+                if done.get("train_steps") == args.train_steps and done.get("demos") == len(demos):
+                    rows = {**done["results"], **rows}
+            _save_json(out.name, {"demos": len(demos), "chunks": len(actions), "horizon": horizon,
                                              "execute": execute, "obs_history": hist, "episodes": args.episodes,
                                              "eval_seeds": f"0..{args.episodes - 1}", "train_steps": args.train_steps,
                                              "lr": args.lr or "default (3e-4)", "net": net, "results": rows})
-    _pusht_gif(models["flow"], hist, execute, tag=args.tag)
+    if "flow" in models:
+        _pusht_gif(models["flow"], hist, execute, tag=args.tag)
 
 
 def _pusht_gif(policy, hist: int, execute: int, seed: int = 0, tag: str = "") -> None:
@@ -312,6 +318,7 @@ if __name__ == "__main__":
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--workers", type=int, default=1, help="collect: expert processes")
+    p.add_argument("--methods", default="flow,mse,diffusion", help="pusht: which policies to train and evaluate")
     p.add_argument("--reuse", action="store_true", help="pusht: reuse finished results and /tmp/policy checkpoints")
     p.add_argument("--tag", default="", help="pusht: suffix of the result/checkpoint names")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the policy's)")
