@@ -46,6 +46,13 @@ class LipSwish(nn.Module):
         super().__init__()
         self.beta_raw = nn.Parameter(torch.full((features,), math.log(math.expm1(1.0))))
 
+    @torch.no_grad()
+    def set_beta(self, beta: Tensor | float) -> None:
+        """Set ``β`` (positive, scalar or ``[H]``) through the inverse softplus."""
+        beta = torch.as_tensor(beta, dtype=self.beta_raw.dtype).clamp_min(1e-6).expand_as(self.beta_raw)
+        # softplus^{-1}(β) = β + log(1 - e^{-β}), stable for large β (log(expm1(β)) overflows).
+        self.beta_raw.copy_(beta + torch.log(-torch.expm1(-beta)))
+
     def forward(self, x: Tensor) -> Tensor:
         # max_t d/dt[t σ(t)] ≈ 1.0998 and the derivative is a function of βx alone.
         return x * torch.sigmoid(F.softplus(self.beta_raw) * x) / 1.1
@@ -54,17 +61,24 @@ class LipSwish(nn.Module):
         """``(LipSwish(x), LipSwish'(x))``, elementwise; ``d/dx[x σ(βx)] = σ + βx σ(1 - σ)``."""
         bx = F.softplus(self.beta_raw) * x
         sig = torch.sigmoid(bx)
-        return x * sig / 1.1, (sig + bx * sig * (1 - sig)) / 1.1
+        s = sig * (1 / 1.1)
+        return x * s, torch.addcmul(s, s * bx, 1 - sig)
 
 
 class SpectralLinear(nn.Module):
     """Linear layer ``y = Ŵx + Vc + b`` with ``Ŵ = W / max(1, σ(W)/c)`` (Behrmann et al., 2019).
 
     ``σ(W)`` is the largest singular value, by power iteration warm-started from the stored
-    left vector and run until ``σ`` stops changing (relative ``16 eps``), so the
-    layer is a deterministic function of its weights (to rounding), whatever the stored vector;
-    the vector is updated in training mode only. Only the part acting on ``x`` is normalised: the context weight ``V`` is free, since
-    invertibility needs Lipschitz continuity in ``x`` alone.
+    left vector. In eval mode (and on a module's first training call) it runs until ``σ``
+    stops changing (relative ``16 eps``), so the layer is a deterministic function of its
+    weights (to rounding), whatever the stored vector. During training, where the weights move
+    a little per step and the stored vector follows them, ``train_power_iter`` warm-started
+    iterations per call suffice (as in Miyato et al. 2018 and Behrmann et al. 2019): converging
+    every step cost more than the rest of a small block's training step. The estimate is
+    a lower bound on ``σ`` with a second-order error, so ``Lip`` may exceed ``c`` by that error
+    during training (still < 1 with the default ``c = 0.97``). The vector is updated in training
+    mode only. Only the part acting on ``x`` is normalised: the context weight ``V`` is free,
+    since invertibility needs Lipschitz continuity in ``x`` alone.
 
     Shapes: ``x [N, in]``, ``c [N, context]`` -> ``[N, out]``.
     """
@@ -76,6 +90,7 @@ class SpectralLinear(nn.Module):
         coeff: float = 0.97,
         context_features: int = 0,
         max_power_iter: int = 200,
+        train_power_iter: int = 1,
     ):
         super().__init__()
         lin = nn.Linear(in_features, out_features)
@@ -84,7 +99,22 @@ class SpectralLinear(nn.Module):
         self.context = nn.Linear(context_features, out_features, bias=False) if context_features else None
         self.coeff = float(coeff)
         self.max_power_iter = int(max_power_iter)
+        if train_power_iter < 1:
+            raise ValueError(f"train_power_iter must be >= 1, got {train_power_iter!r}")
+        self.train_power_iter = int(train_power_iter)
         self.register_buffer("u", F.normalize(torch.randn(out_features), dim=0))
+        # Whether `u` has converged once for weights close to the current ones (not saved: a
+        # reloaded or freshly built layer converges fully on its first training call).
+        self._warm = False
+
+    def _apply(self, fn, *args, **kwargs):
+        # New dtype/device: converge again at the new precision before trusting the warm start.
+        self._warm = False
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._warm = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def sigma(self) -> Tensor:
         """Largest singular value of ``W`` (differentiable in ``W``; scalar)."""
@@ -92,27 +122,43 @@ class SpectralLinear(nn.Module):
         with torch.no_grad():
             wd = w.detach()
             u = self.u.to(wd.dtype)
-            # Converged to rounding level, so that repeated calls agree to float precision.
-            tol = 16 * torch.finfo(wd.dtype).eps
-            prev = None
-            v = F.normalize(wd.t() @ u, dim=0)
-            for _ in range(self.max_power_iter):
-                v = F.normalize(wd.t() @ u, dim=0)
-                wv = wd @ v
-                nrm = torch.linalg.vector_norm(wv)
-                if float(nrm) == 0.0:  # W = 0 (or W v = 0): keep u, σ = 0 below
-                    break
-                u = wv / nrm
-                cur = float(nrm)
-                if prev is not None and abs(cur - prev) <= tol * cur:
-                    break
-                prev = cur
-            # Not stored in eval mode: evaluation then has no side effects and is bitwise
-            # reproducible (the same start vector gives the same σ).
-            if self.training:
+            warm = self.training and self._warm
+            if warm:
+                for _ in range(self.train_power_iter):
+                    wv = wd @ (wd.t() @ u)
+                    u = wv / torch.linalg.vector_norm(wv).clamp_min(1e-30)
                 self.u.copy_(u)
+            else:
+                u, v = self._converge(wd, u)
         # u, v are fresh tensors: the in-place buffer update above cannot touch the graph.
+        if warm:
+            # σ ≈ ||Wᵀu||, whose gradient u vᵀ (v = Wᵀu/σ) is the usual σ gradient.
+            return torch.linalg.vector_norm(w.t() @ u)
         return u @ (w @ v)
+
+    def _converge(self, wd: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Power iteration from ``u`` until ``σ`` stops changing; returns ``(u, v)``."""
+        # Converged to rounding level, so that repeated calls agree to float precision.
+        tol = 16 * torch.finfo(wd.dtype).eps
+        prev = None
+        v = F.normalize(wd.t() @ u, dim=0)
+        for _ in range(self.max_power_iter):
+            v = F.normalize(wd.t() @ u, dim=0)
+            wv = wd @ v
+            nrm = torch.linalg.vector_norm(wv)
+            if float(nrm) == 0.0:  # W = 0 (or W v = 0): keep u, σ = 0 below
+                break
+            u = wv / nrm
+            cur = float(nrm)
+            if prev is not None and abs(cur - prev) <= tol * cur:
+                break
+            prev = cur
+        # Not stored in eval mode: evaluation then has no side effects and is bitwise
+        # reproducible (the same start vector gives the same σ).
+        if self.training:
+            self.u.copy_(u)
+            self._warm = True
+        return u, v
 
     def normalized_weight(self) -> Tensor:
         """``Ŵ = W / max(1, σ/c)``: spectral norm at most ``c``."""
@@ -134,7 +180,19 @@ class LipschitzMLP(nn.Module):
 
     The context enters the first layer only (unnormalised). The last layer is scaled by 0.1
     at init so a block starts close to the identity. Shapes: ``[N, D], [N, C] -> [N, D]``.
+
+    Scale-matched init: the spectral bound leaves each hidden unit a small pre-activation range
+    (for ``D = 2`` and 64 units, std about 0.17 for unit-variance inputs), far inside the
+    default biases (``±1/sqrt(fan_in)``, ``±0.7`` here) and the width (about 1) of LipSwish's
+    bend at ``β = 1``: every unit was nearly linear over the data, so ``g`` was nearly affine
+    and training on whitened data stalled (no learning in 300 steps on 8 Gaussians). So each
+    hidden layer's biases are drawn in ``±bias_range·std`` and its LipSwish ``β`` set to
+    ``beta_range/std``, ``std`` the per-unit pre-activation std on a fixed standard-normal probe
+    (the standardized data scale). This changes only the initial values, not the function class.
     """
+
+    bias_range = 1.5  # biases ~ U(-1.5 std, 1.5 std): kinks spread over the units' range
+    beta_range = 4.0  # LipSwish bend width 1/β = std/4: clearly nonlinear within that range
 
     def __init__(
         self,
@@ -152,6 +210,23 @@ class LipschitzMLP(nn.Module):
         self.acts = nn.ModuleList(LipSwish(h) for h in hidden)
         with torch.no_grad():
             self.layers[-1].weight.mul_(0.1)
+            self._match_scales(dim)
+
+    @torch.no_grad()
+    def _match_scales(self, dim: int) -> None:
+        # A private generator: the probe and bias draws do not shift the global RNG stream
+        # more than the default init already did.
+        gen = torch.Generator().manual_seed(0)
+        h = torch.randn(512, dim, generator=gen, dtype=self.layers[0].weight.dtype)
+        for layer, act in zip(self.layers[:-1], self.acts):
+            pre = F.linear(h, layer.normalized_weight())
+            std = pre.std(0).clamp_min(1e-4)
+            u = torch.rand(std.shape, generator=gen, dtype=std.dtype)
+            layer.bias.copy_((2 * u - 1) * self.bias_range * std)
+            act.set_beta(self.beta_range / std)
+            h = act(pre + layer.bias)
+        for layer in self.layers:
+            layer._warm = False  # the first training call converges from scratch
 
     def normalized_weights(self) -> list[Tensor]:
         """Every layer's spectrally normalised weight (one power iteration run per layer)."""
@@ -175,13 +250,31 @@ class LipschitzMLP(nn.Module):
         reverse-mode passes. Returned transposed (``[i, input, output]``): ``det`` is unchanged.
         """
         weights = self.normalized_weights() if weights is None else weights
+        n, d = x.shape
         h = self.layers[0](x, context, weights[0])
-        jt = weights[0].t().expand(x.shape[0], -1, -1)  # [N, D, H]: ∂h/∂x transposed
+        # [N, D, H]: ∂h/∂x transposed. Contiguous rows, so each layer is one [N·D, H] @ [H, H']
+        # matmul on a view (an expanded/transposed operand made matmul copy it every layer).
+        jt = weights[0].t().contiguous().unsqueeze(0)
         for act, layer, w in zip(self.acts, self.layers[1:], weights[1:]):
             a, da = act.value_and_derivative(h)
             h = layer(a, None, w)
-            jt = (jt * da.unsqueeze(1)) @ w.t()
-        return h, jt
+            jt = (jt * da.unsqueeze(1)).reshape(n * d, -1).mm(w.t()).reshape(n, d, -1)
+        return h, jt.expand(n, -1, -1)
+
+
+def _log_det_identity_plus(j: Tensor) -> Tensor:
+    """``log|det(I + J)|`` for a batch ``[N, D, D]`` -> ``[N]``.
+
+    Closed form for ``D <= 2`` (batched LU in ``slogdet`` costs more than the rest of a small
+    block's forward pass); ``slogdet`` otherwise.
+    """
+    d = j.shape[-1]
+    if d == 1:
+        return torch.log(torch.abs(1 + j[:, 0, 0]))
+    if d == 2:
+        det = (1 + j[:, 0, 0]) * (1 + j[:, 1, 1]) - j[:, 0, 1] * j[:, 1, 0]
+        return torch.log(torch.abs(det))
+    return torch.linalg.slogdet(j + torch.eye(d, dtype=j.dtype, device=j.device))[1]
 
 
 class ResidualBlock(Transform):
@@ -277,7 +370,7 @@ class ResidualBlock(Transform):
         mode = mode or self._mode()
         if mode == "exact":
             gx, jt = self.net.jacobian(x, context, weights)
-            return gx, torch.linalg.slogdet(jt + torch.eye(d, dtype=x.dtype, device=x.device))[1]
+            return gx, _log_det_identity_plus(jt)
         grad_on = torch.is_grad_enabled()
         reps = self.n_probes if mode == "estimate" else self.eval_probes
         with torch.enable_grad():
