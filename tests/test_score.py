@@ -427,3 +427,41 @@ def test_fit_lowers_the_loss_and_improves_w2():
     first, last = sum(hist.loss[:2]) / 2, sum(hist.loss[-2:]) / 2
     assert last < first - 0.02, hist.loss
     assert w_after < 0.7 * w_before, (w_before, w_after)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("score-vp", {}), ("score-subvp", {"parametrization": "score"}), ("score-ve", {"gaussian_skip": False}),
+    ("score-vp", {"time_embed": 8, "activation": "tanh", "context_dim": 2}),
+])
+def test_exact_divergence_without_autograd_matches_the_loop(name, kw):
+    # The default TimeMLP's trace (mlp_divergence) through the eps/score -> velocity conversion.
+    torch.manual_seed(0)
+    model = pf.build(name, 3, **kw).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(6, 3, dtype=D64, generator=gen(0), requires_grad=True)
+    ctx = torch.randn(6, 2, dtype=D64, generator=gen(1)) if kw.get("context_dim") else None
+    assert model._has_fast_divergence()
+    for t in (torch.tensor(0.3, dtype=D64), torch.rand(6, dtype=D64, generator=gen(2)), 1.2):
+        u, div = model.velocity_with_divergence(x, t, ctx)
+        ref = model.velocity(x, t, ctx)
+        assert torch.allclose(u, ref, atol=1e-12)
+        assert torch.allclose(div, pf.continuous.divergence_exact(ref, x), atol=1e-9)
+    with torch.no_grad():
+        fast = model.log_prob(x.detach(), ctx, solver="rk4", steps=4)
+        loop = model.log_prob(x.detach(), ctx, solver="rk4", steps=4, exact_method="loop")
+    assert torch.allclose(fast, loop, atol=1e-9)
+
+
+def test_other_networks_use_autograd_for_the_divergence():
+    torch.manual_seed(0)
+    relu = pf.build("score-vp", 2, activation="relu").double()
+    custom = ScoreModel(2, VPSDE(), net=GaussianEps(VPSDE())).double()
+    x = torch.randn(5, 2, dtype=D64, generator=gen(0))
+    for model in (relu, custom):
+        assert not model._has_fast_divergence()
+        with pytest.raises(NotImplementedError):
+            model.velocity_with_divergence(x, 0.5)
+        with torch.no_grad():
+            assert torch.isfinite(model.log_prob(x, solver="rk4", steps=4)).all()

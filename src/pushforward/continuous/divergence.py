@@ -15,8 +15,9 @@ is how many kernel launches and autograd nodes carry them):
   the middle layer, each one GEMM of ``[N, H]`` slopes by a fixed ``[H, D H]`` matrix, in row
   blocks that stay in cache. FFJORD uses it (``velocity_with_divergence``). Same multiply-add
   count as the loop (``~2 D H^2`` per sample), far fewer passes over memory and kernel launches:
-  see benchmarks/results/continuous.md for the speed-up (>= 2x for D = 10; at large batches in
-  D = 2 the forward pass alone is over half the loop's time, which bounds any exact method).
+  benchmarks/results/continuous.md has the speed-up (about 2x at batch 256 for D >= 5, 1.2-1.7x
+  at batch 1000-5000 on a loaded CPU; in D = 2 the forward pass alone is about half the loop's
+  time, which bounds any exact method near 2x).
 """
 
 from __future__ import annotations
