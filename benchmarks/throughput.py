@@ -23,13 +23,21 @@ import pushforward as pf
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
-def best_time(fn, repeats: int = 5) -> float:
-    fn()
-    best = float("inf")
+REPEATS = 7
+
+
+def best_times(fns: dict, repeats: int = REPEATS) -> dict:
+    """Best wall time of each callable over ``repeats`` rounds, the callables interleaved
+    (round-robin, one call each per round) so that load drifting on a shared machine hits
+    every side alike instead of favouring whichever ran in the quiet minute."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -51,8 +59,7 @@ def matched(dim: int, batch: int) -> list[tuple]:
     rows = []
     for name, ours, theirs in pairs:
         with torch.no_grad():
-            t_ours = best_time(lambda m=ours: m.log_prob(x))
-            t_zuko = best_time(lambda f=theirs: f().log_prob(x))
+            t = best_times({"ours": lambda m=ours: m.log_prob(x), "zuko": lambda f=theirs: f().log_prob(x)})
 
         def step_ours(m=ours):
             m.zero_grad()
@@ -62,8 +69,8 @@ def matched(dim: int, batch: int) -> list[tuple]:
             f.zero_grad()
             (-f().log_prob(xb).mean()).backward()
 
-        s_ours, s_zuko = best_time(step_ours), best_time(step_zuko)
-        rows.append((dim, name, batch / t_ours, batch / t_zuko, s_ours * 1e3, s_zuko * 1e3))
+        s = best_times({"ours": step_ours, "zuko": step_zuko})
+        rows.append((dim, name, batch / t["ours"], batch / t["zuko"], s["ours"] * 1e3, s["zuko"] * 1e3))
     return rows
 
 
@@ -76,10 +83,9 @@ def sampling(dim: int, n: int) -> list[tuple]:
         "nsf (coupling)": pf.build("nsf", dim=dim, kind="coupling", **arch),
         "nsf (autoregressive)": pf.build("nsf", dim=dim, kind="autoregressive", **arch),
     }
-    rates = {}
     with torch.no_grad():
-        for k, m in models.items():
-            rates[k] = n / best_time(lambda m=m: m.sample(n), repeats=3)
+        t = best_times({k: (lambda m=m: m.sample(n)) for k, m in models.items()})
+    rates = {k: n / v for k, v in t.items()}
     return [(dim, k, r, r / rates["maf"]) for k, r in rates.items()]
 
 
@@ -88,7 +94,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--dims", default="2,10,32")
-    p.add_argument("--out", default=os.path.join(RESULTS, "throughput.md"))
+    p.add_argument("--out", default=None, help="default: benchmarks/results/throughput.md (full runs only)")
+    p.add_argument("--only", choices=("all", "matched", "sampling"), default="all",
+                   help="run one table (quick checks); writes a file only with an explicit --out")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -97,14 +105,16 @@ def main(argv=None):
         "# Throughput at matched architectures",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s); {time.strftime('%Y-%m-%d')}. Best of 5 timings.",
+        f"{args.threads} thread(s); {time.strftime('%Y-%m-%d')}. Best of {REPEATS} timings, the compared "
+        "models interleaved round by round; load average at the start "
+        f"{os.getloadavg()[0]:.2f}.",
         "",
         f"## log_prob and training step vs zuko (3 transforms, hidden (64, 64); log_prob batch {args.batch}, step batch 512)",
         "",
         "| D | flow | ours log_prob pts/s | zuko log_prob pts/s | ratio | ours step ms | zuko step ms |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for d in dims:
+    for d in dims if args.only != "sampling" else []:
         for dim, name, o, z, so, sz in matched(d, args.batch):
             lines.append(f"| {dim} | {name} | {o:.3g} | {z:.3g} | {o / z:.2f} | {so:.2f} | {sz:.2f} |")
     lines += [
@@ -114,13 +124,15 @@ def main(argv=None):
         "| D | flow | samples/s | × MAF |",
         "|---:|---|---:|---:|",
     ]
-    for d in dims:
+    for d in dims if args.only != "matched" else []:
         for dim, name, r, ratio in sampling(d, 10_000):
             lines.append(f"| {dim} | {name} | {r:.3g} | {ratio:.1f} |")
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    out = args.out if args.out is not None else (os.path.join(RESULTS, "throughput.md") if args.only == "all" else None)
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text)
     print(text)
 
 

@@ -30,6 +30,13 @@ CASES = [
         context_dim=3,
         perturb=0.3,
     ),
+    # Identity part [0, 1, 3] is no strided slice: the gather/cat path (built-in masks use views).
+    Case(
+        "coupling_affine_gather_mask",
+        lambda: AffineCoupling(torch.tensor([True, True, False, True, False, False]), hidden=(16,)),
+        (6,),
+        perturb=0.3,
+    ),
     # tail_bound 1.5 with unit-variance inputs: some points fall in the linear tails.
     Case(
         "coupling_spline_tails",

@@ -53,6 +53,17 @@ def coupling_mask(dim: int, kind: str = "halves", parity: int = 0) -> Tensor:
     return mask ^ bool(parity % 2)
 
 
+def _as_slice(idx: Tensor) -> slice | None:
+    """``idx`` (sorted, non-empty) as ``slice(start, stop, step)`` if it is an arithmetic run."""
+    vals = idx.tolist()
+    if len(vals) == 1:
+        return slice(vals[0], vals[0] + 1, 1)
+    step = vals[1] - vals[0]
+    if step < 1 or any(b - a != step for a, b in zip(vals, vals[1:])):
+        return None
+    return slice(vals[0], vals[-1] + 1, step)
+
+
 class Coupling(Transform):
     """Coupling layer with any elementwise monotone map (the *coupling scheme*).
 
@@ -105,6 +116,11 @@ class Coupling(Transform):
         self.register_buffer("idx_b", idx_b)
         # z = cat([z_a, z_b])[:, unsplit] puts the parts back in place without in-place writes.
         self.register_buffer("unsplit", torch.argsort(torch.cat([idx_a, idx_b])))
+        # Every built-in mask (halves, even-odd) is a pair of strided slices: then the split is
+        # two views and the merge one fresh tensor, instead of three gathers and a cat, which
+        # were a third of a small coupling layer's sampling time (D = 10, 10 000 samples).
+        sa, sb = _as_slice(idx_a), _as_slice(idx_b)
+        self._slices = (sa, sb) if sa is not None and sb is not None else None
         self.n_b = dim - n_a
         self.conditioner = MLP(
             n_a + self.context_dim, self.n_b * elementwise.num_params, hidden, activation, zero_last=True
@@ -117,14 +133,33 @@ class Coupling(Transform):
             if context is None:
                 raise ValueError(f"this coupling layer is conditional: context [N, {self.context_dim}] is required")
             x_a = torch.cat([x_a, context], dim=-1)
-        return self.conditioner(x_a).unflatten(-1, (self.n_b, self.elementwise.num_params))
+        return self._condition(x_a).unflatten(-1, (self.n_b, self.elementwise.num_params))
+
+    def _condition(self, h: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return self.conditioner(h)
+        # Inference: ReLU in place on the fresh output of a Linear, saving one [N, H] allocation
+        # per hidden layer (a quarter of a coupling layer's sampling time at N = 10 000).
+        prev = None
+        for m in self.conditioner:
+            h = torch.relu_(h) if type(m) is nn.ReLU and isinstance(prev, nn.Linear) else m(h)
+            prev = m
+        return h
 
     def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x[:, self.idx_a], x[:, self.idx_b]
-        theta = self._theta(x_a, context)
         f = self.elementwise.inverse if inverse else self.elementwise.forward
-        y_b, ladj = f(x_b, theta)
-        return torch.cat([x_a, y_b], dim=-1)[:, self.unsplit], ladj.sum(-1)
+        if self._slices is None:
+            x_a, x_b = x[:, self.idx_a], x[:, self.idx_b]
+            y_b, ladj = f(x_b, self._theta(x_a, context))
+            return torch.cat([x_a, y_b], dim=-1)[:, self.unsplit], ladj.sum(-1)
+        sa, sb = self._slices
+        x_a, x_b = x[:, sa], x[:, sb]
+        y_b, ladj = f(x_b, self._theta(x_a, context))
+        # Writes into a tensor made here (not into x): autograd records them as slice copies.
+        z = torch.empty_like(x)
+        z[:, sa] = x_a
+        z[:, sb] = y_b
+        return z, ladj.sum(-1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(x, context, inverse=False)
