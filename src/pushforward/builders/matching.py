@@ -2,6 +2,19 @@
 
 All share the options of :func:`_flow_matching`; the names only change the defaults of the path,
 the coupling and the time density (t = 0 noise, t = 1 data everywhere).
+
+Raw time for ``vp-fm`` and ``sb-fm`` (``time_embed=0``: ``t`` enters the MLP as one input).
+On standardized data (mean 0, covariance I) the marginal velocity of a variance-preserving path
+(``alpha^2 + sigma^2 = 1``) has no part linear in ``x``, and with an entropic-OT coupling plus a
+bridge the linear part is small; the field is a purely nonlinear function of ``x`` (pull towards
+the modes), and the conditional targets are noisy (VP: ``sigma'_t ~ -6`` near t = 1; bridge:
+``(1 - 2t) / (2 sqrt(t (1 - t))) sigma z``). With a 32-d sinusoidal time embedding the initial
+hidden features of a 2-D model are driven by 32 time inputs against 2 data inputs, barely depend
+on ``x``, and the regression stays at the zero field: on 8 Gaussians, 6 000 steps left both models
+exactly ``N(0, I)`` (KL 1.41 nats in the gallery). With raw time the same models reach W2 ~0.5
+(VP) and ~0.4 (SB) within 500-1 000 steps. ``fm``/``ot-fm``/``rectified`` keep the embedding
+(their field has a large linear part, so they train either way; ``time_embed=0`` also speeds up
+their first ~1 000 steps in 2-D).
 """
 
 from __future__ import annotations
@@ -15,6 +28,8 @@ from pushforward.matching.time_samplers import TIME_SAMPLERS, get_time_sampler
 from pushforward.registry import register
 
 PATHS = ("ot", "polynomial", "vp", "cosine", "bridge")
+
+
 COUPLINGS = ("independent", "ot", "sinkhorn")
 
 
@@ -119,15 +134,23 @@ def ot_fm(dim, context_dim=0, image_shape=None, **options) -> FlowMatching:
 
 @register("vp-fm", "Flow matching on the variance-preserving diffusion path (Lipman et al. 2023)")
 def vp_fm(dim, context_dim=0, image_shape=None, **options) -> FlowMatching:
-    """Flow matching on the VP path ``alpha_t = exp(-T(1-t))``, ``sigma_t = sqrt(1 - alpha_t^2)``."""
+    """Flow matching on the VP path ``alpha_t = exp(-T(1-t))``, ``sigma_t = sqrt(1 - alpha_t^2)``.
+
+    The network takes raw time (``time_embed=0``), see the module docstring.
+    """
     options.setdefault("path", "vp")
+    options.setdefault("time_embed", 0)
     return _flow_matching(dim, context_dim, image_shape, **_options(options))
 
 
 @register("sb-fm", "Schrödinger-bridge CFM (Tong et al. 2024): entropic OT pairs, Brownian bridge path")
 def sb_fm(dim, context_dim=0, image_shape=None, **options) -> FlowMatching:
-    """SB-CFM: Sinkhorn coupling with ``reg = 2 sigma^2`` and a Brownian bridge of width ``sigma``."""
+    """SB-CFM: Sinkhorn coupling with ``reg = 2 sigma^2`` and a Brownian bridge of width ``sigma``.
+
+    The network takes raw time (``time_embed=0``), see the module docstring.
+    """
     options.setdefault("path", "bridge")
+    options.setdefault("time_embed", 0)
     options.setdefault("coupling", "sinkhorn")
     return _flow_matching(dim, context_dim, image_shape, **_options(options))
 

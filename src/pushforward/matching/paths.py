@@ -94,10 +94,10 @@ class PolynomialScheduler(Scheduler):
         self.n = float(n)
 
     def alpha(self, t):
-        return t.pow(self.n)
+        return t.clamp_min(0).pow(self.n)  # t < 0 (a solver overshooting the noise end) would give NaN
 
     def sigma(self, t):
-        return 1.0 - t.pow(self.n)
+        return 1.0 - t.clamp_min(0).pow(self.n)
 
     def d_alpha(self, t):
         return self.n * t.clamp_min(0).pow(self.n - 1) if self.n != 1 else torch.ones_like(t)
@@ -113,7 +113,8 @@ class VPScheduler(Scheduler):
     noise), ``T(s) = beta_min s / 2 + (beta_max - beta_min) s^2 / 4``,
     ``alpha_t = exp(-T(s))``, ``sigma_t = sqrt(1 - alpha_t^2)``. ``eps`` (default 1e-3, as
     score models stop at) keeps ``sigma'_t`` finite at t = 1 (``sigma_1 ~ 0.01``); at t = 0,
-    ``alpha_0 = exp(-T(1)) ~ 0.007`` with the default betas.
+    ``alpha_0 = exp(-T(1)) ~ 0.007`` with the default betas. Outside [0, 1] (adaptive solvers
+    overshoot the ends) the schedule is held at its end values.
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3):
@@ -124,7 +125,9 @@ class VPScheduler(Scheduler):
         self.beta_min, self.beta_max, self.eps = float(beta_min), float(beta_max), float(eps)
 
     def _s(self, t):
-        return self.eps + (1.0 - self.eps) * (1.0 - t)
+        # Adaptive solvers step a little past the ends (dopri5 evaluates at t = 1.008): s < 0 there
+        # would make 1 - alpha^2 negative and sigma NaN, so the schedule is held constant outside [0, 1].
+        return self.eps + (1.0 - self.eps) * (1.0 - t.clamp(0.0, 1.0))
 
     def _T(self, s):
         return 0.5 * self.beta_min * s + 0.25 * (self.beta_max - self.beta_min) * s * s
