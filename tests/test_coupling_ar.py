@@ -213,6 +213,14 @@ def test_coupling_fast_paths_match_the_generic_gather_path(mask):
     assert (slices is None) == (list(mask) == [1, 1, 0, 1, 0, 0])
 
 
+def test_made_inference_path_matches_the_autograd_path():
+    made = _perturb(MADE(5, num_params=3, context_dim=2, hidden=(16, 16), order="random"), 0.3)
+    x, c = torch.randn(7, 5), torch.randn(7, 2)
+    with torch.no_grad():
+        fast = made(x, c)
+    assert torch.equal(fast, made(x, c))
+
+
 def test_autoregressive_identity_at_init_and_dim1_context():
     for t in (AffineAutoregressive(3), SplineAutoregressive(3, context_dim=2)):
         x = torch.randn(5, 3)
