@@ -144,52 +144,58 @@ class OTCoupling(Coupling):
         if self._sinkhorn is not None:
             return self._sinkhorn.match(x_0, x_1, generator)
         n = x_0.shape[0]
-        a, b = _flat(x_0).detach().double(), _flat(x_1).detach().double()
+        # Small per-call arrays: NumPy's per-operation overhead is a fraction of torch's, and the
+        # assignment solvers need NumPy anyway (one transfer each way).
+        a = _flat(x_0).detach().cpu().double().numpy()
+        b = _flat(x_1).detach().cpu().double().numpy()
         if self.block_size is None or n <= self.block_size:
-            cost = torch.cdist(b, a).pow(2).cpu().numpy()  # [data, noise]
-            return torch.as_tensor(_assignment(cost, self.solver), device=x_0.device)
+            return torch.as_tensor(_assignment(_sq_dists(b, a), self.solver), device=x_0.device)
         levels = math.ceil(math.log2(n / self.block_size))
         axes = _principal_axes(b, levels)
-        oa, ob = _bisection_order(a, axes), _bisection_order(b, axes)
+        oa, ob = _bisection_order(a @ axes.T, n), _bisection_order(b @ axes.T, n)
         cells = 2**levels
         if n % cells == 0:  # equal cells: one batched cost computation
             k = n // cells
-            costs = torch.cdist(b[ob].reshape(cells, k, -1), a[oa].reshape(cells, k, -1)).pow(2).cpu().numpy()
+            costs = _sq_dists(b[ob].reshape(cells, k, -1), a[oa].reshape(cells, k, -1))
             blocks = [(i * k, (i + 1) * k, costs[i]) for i in range(cells)]
         else:
-            bounds = ((torch.arange(cells + 1) * n) // cells).tolist()
-            blocks = [(lo, hi, torch.cdist(b[ob[lo:hi]], a[oa[lo:hi]]).pow(2).cpu().numpy())
-                      for lo, hi in zip(bounds[:-1], bounds[1:])]
-        oa_np, ob_np = oa.cpu().numpy(), ob.cpu().numpy()
+            bounds = [(i * n) // cells for i in range(cells + 1)]
+            blocks = [(lo, hi, _sq_dists(b[ob[lo:hi]], a[oa[lo:hi]])) for lo, hi in zip(bounds[:-1], bounds[1:])]
         j = np.empty(n, dtype=np.int64)
         for lo, hi, cost in blocks:
-            j[ob_np[lo:hi]] = oa_np[lo:hi][_assignment(cost, self.solver)]
-        j = torch.from_numpy(j)
-        return j.to(x_0.device)
+            j[ob[lo:hi]] = oa[lo:hi][_assignment(cost, self.solver)]
+        return torch.from_numpy(j).to(x_0.device)
 
 
-def _principal_axes(x: Tensor, levels: int) -> Tensor:
+def _sq_dists(b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Squared distances ``[..., n_b, n_a]`` of the rows of ``b`` ``[..., n_b, d]`` and ``a`` ``[..., n_a, d]``."""
+    c = (b * b).sum(-1)[..., :, None] + (a * a).sum(-1)[..., None, :] - 2.0 * (b @ np.swapaxes(a, -1, -2))
+    return np.maximum(c, 0.0)
+
+
+def _principal_axes(x: np.ndarray, levels: int) -> np.ndarray:
     """Directions to split along: the principal axes of ``x`` [n, d], cycled to ``levels`` rows."""
-    v = torch.linalg.svd(x - x.mean(0), full_matrices=False)[2]
-    return v[torch.arange(levels) % v.shape[0]]
+    v = np.linalg.svd(x - x.mean(0), full_matrices=False)[2]
+    return v[np.arange(levels) % v.shape[0]]
 
 
-def _bisection_order(x: Tensor, axes: Tensor) -> Tensor:
-    """Row order of recursive median bisection: at level l every cell is sorted along ``axes[l]``
-    and halved, so position ranges ``[k n / 2^L, (k+1) n / 2^L)`` are compact cells. Noise and
-    data ordered with the same axes have cells of identical sizes holding matching quantiles."""
-    n = x.shape[0]
-    order = torch.arange(n, device=x.device)
-    pos = torch.arange(n, device=x.device)
-    for level, v in enumerate(axes):
+def _bisection_order(proj: np.ndarray, n: int) -> np.ndarray:
+    """Row order of recursive median bisection, from the projections ``proj`` [n, levels] of the
+    rows on the split axes: at level l every cell is sorted along axis l and halved, so position
+    ranges ``[k n / 2^L, (k+1) n / 2^L)`` are compact cells. Noise and data ordered with the same
+    axes have cells of identical sizes holding matching quantiles."""
+    order = np.arange(n)
+    pos = np.arange(n)
+    for level in range(proj.shape[1]):
+        key = proj[:, level]
         cells = 2**level
         if n % cells == 0:  # equal cells: sort each row of a [cells, n / cells] view
             blocks = order.reshape(cells, -1)
-            order = torch.gather(blocks, 1, torch.argsort(x[blocks] @ v, dim=1)).reshape(-1)
+            order = np.take_along_axis(blocks, np.argsort(key[blocks], axis=1), 1).reshape(-1)
         else:
             cell = (pos * cells) // n
-            o1 = torch.argsort(x[order] @ v, stable=True)
-            order = order[o1[torch.argsort(cell[o1], stable=True)]]
+            o1 = np.argsort(key[order], kind="stable")
+            order = order[o1[np.argsort(cell[o1], kind="stable")]]
     return order
 
 
