@@ -88,5 +88,10 @@ def build(
             options = [k for k in params if k not in ("dim", "context_dim", "image_shape")]
             raise TypeError(f"{name!r} does not take option(s) {unknown}; its options are {options}")
     model = fn(dim=dim, context_dim=context_dim, image_shape=image_shape, **overrides)
-    model.config = {"name": name, "dim": dim, "context_dim": context_dim, "image_shape": image_shape, **overrides}
+    # The builder's defaults are recorded too, so a checkpoint reloads as it was built even
+    # after a later version changes a default.
+    defaults = {k: p.default for k, p in params.items() if k not in ("dim", "context_dim", "image_shape")
+                and p.default is not p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    model.config = {"name": name, "dim": dim, "context_dim": context_dim, "image_shape": image_shape,
+                    **defaults, **overrides}
     return model
