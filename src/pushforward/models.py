@@ -62,7 +62,9 @@ class FlowModel(nn.Module):
 
     def standardize(self, x: Tensor) -> Tensor:
         """User units -> model units: ``(x - loc) / scale``."""
-        return (x - self.data_loc) / self.data_scale
+        # One fused pass over x: x * (1 / scale) + (-loc / scale).
+        inv = self.data_scale.reciprocal()
+        return torch.addcmul(-self.data_loc * inv, x, inv)
 
     def unstandardize(self, x: Tensor) -> Tensor:
         """Model units -> user units."""

@@ -59,7 +59,8 @@ class StandardNormal(Distribution):
     """N(0, I) over ``event_shape``."""
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return sum_except_batch(-0.5 * x.pow(2) - 0.5 * LOG_2PI)
+        # Constants added after the reduction: one pass over [N, D] instead of four.
+        return -0.5 * x.pow(2).flatten(1).sum(1) - 0.5 * LOG_2PI * math.prod(x.shape[1:])
 
     def sample(self, n, context=None, generator=None):
         return self._randn(n, generator)
