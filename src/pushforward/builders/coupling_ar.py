@@ -123,11 +123,7 @@ def nice(
     no expected gradient there (see :data:`pushforward.transforms.coupling.ADDITIVE_INIT_STD`).
     """
     hidden = _check_common("nice", dim, image_shape, transforms, hidden, activation)
-    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not (0 <= init_std < float("inf")):
-        raise ValueError(f"init_std must be a non-negative finite number, got {init_std!r}")
-    layers = _coupling_flow(
-        "nice", dim, context_dim, Additive(), transforms, hidden, activation, mask, float(init_std)
-    )
+    layers = _coupling_flow("nice", dim, context_dim, Additive(), transforms, hidden, activation, mask, init_std)
     return _flow([*layers, ActNorm(dim)], dim, context_dim)
 
 

@@ -28,8 +28,6 @@ from pushforward.matching.time_samplers import TIME_SAMPLERS, get_time_sampler
 from pushforward.registry import register
 
 PATHS = ("ot", "polynomial", "vp", "cosine", "bridge")
-
-
 COUPLINGS = ("independent", "ot", "sinkhorn")
 
 

@@ -170,6 +170,14 @@ def fold_modulation(
     return layers
 
 
+def modulated_linear(h: Tensor, w: Tensor, b: Tensor | None, g: Tensor | None, s: Tensor | None) -> Tensor:
+    """``(h W^T + b) * g + s`` (a layer of :func:`fold_modulation`'s output; g, s optional)."""
+    a = F.linear(h, w, b)
+    if g is not None:
+        a = a * g
+    return a if s is None else a + s
+
+
 def mlp_divergence(
     x: Tensor,
     weights: Sequence[Tensor],
@@ -234,12 +242,8 @@ def mlp_divergence(
         h = x[lo:hi] if extra_input is None else torch.cat([x[lo:hi], extra_input[lo:hi]], dim=-1)
         slopes = []  # diag of S_k, [rows or 1, H_k]
         for k, (w, b, g, s) in enumerate(layers):
-            g, s = part(g), part(s)
-            a = F.linear(h, w, b)
-            if g is not None:
-                a = a * g
-            if s is not None:
-                a = a + s
+            g = part(g)
+            a = modulated_linear(h, w, b, g, part(s))
             if k == nh:
                 break
             h, dh = activation_and_derivative(activation, a)

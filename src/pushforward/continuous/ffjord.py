@@ -23,11 +23,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pushforward.continuous.cnf import ContinuousFlow, _check_field, ode_log_prob
-from pushforward.continuous.divergence import activation, fold_modulation, mlp_divergence
+from pushforward.continuous.divergence import activation, fold_modulation, mlp_divergence, modulated_linear
 
 ACTIVATIONS = ("softplus", "tanh", "silu", "elu")
 DIVERGENCES = ("hutchinson", "exact")
@@ -93,12 +92,8 @@ class ConcatSquashField(nn.Module):
                                  gates, shifts)
         h = x
         last = len(layers) - 1
-        for k, (w, b, g, s) in enumerate(layers):
-            a = F.linear(h, w, b)
-            if g is not None:
-                a = a * g
-            if s is not None:
-                a = a + s
+        for k, layer in enumerate(layers):
+            a = modulated_linear(h, *layer)
             h = a if k == last else activation(self.activation, a)
         return h
 

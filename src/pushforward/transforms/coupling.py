@@ -98,8 +98,10 @@ class Coupling(Transform):
         init_std: float = 0.0,
     ):
         super().__init__()
-        if not (init_std >= 0 and math.isfinite(init_std)):
-            raise ValueError(f"init_std must be non-negative and finite, got {init_std!r}")
+        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not (
+            init_std >= 0 and math.isfinite(init_std)
+        ):
+            raise ValueError(f"init_std must be a non-negative finite number, got {init_std!r}")
         mask = torch.as_tensor(mask, dtype=torch.bool).flatten()
         dim = mask.numel()
         if dim < 2:
