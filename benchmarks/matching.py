@@ -96,6 +96,11 @@ def run_ours_otfm(x_train, budget, dim, loc, scale):
     hist = pf.fit(model, x_train, max_time=budget, batch_size=BATCH, lr=LR, seed=0, progress=False,
                   val_fraction=0.0)
     model.eval()
+    return {"model": model, **_ours_eval(model), "steps": hist.steps, "elapsed": hist.elapsed}
+
+
+def _ours_eval(model) -> dict:
+    """``sample(n, steps or None (dopri5), generator)`` and ``nll(x)`` of one of our models."""
 
     def sample(n, steps, g):
         with torch.no_grad():
@@ -107,7 +112,7 @@ def run_ours_otfm(x_train, budget, dim, loc, scale):
         with torch.no_grad():
             return -model.log_prob(x, exact=True).mean().item()
 
-    return {"model": model, "sample": sample, "nll": nll, "steps": hist.steps, "elapsed": hist.elapsed}
+    return {"sample": sample, "nll": nll}
 
 
 def run_ours_2rf(x_train, budget, dim, loc, scale):
@@ -130,18 +135,7 @@ def run_ours_2rf(x_train, budget, dim, loc, scale):
                              generator=torch.Generator().manual_seed(1))
     new.eval()
     elapsed = time.perf_counter() - start
-
-    def sample(n, steps_, g):
-        with torch.no_grad():
-            if steps_ is None:
-                return new.sample(n, solver="dopri5", generator=g)
-            return new.sample(n, steps=steps_, solver="euler", generator=g)
-
-    def nll(x):
-        with torch.no_grad():
-            return -new.log_prob(x, exact=True).mean().item()
-
-    return {"model": new, "sample": sample, "nll": nll, "steps": hist.steps + len(new.history), "elapsed": elapsed,
+    return {"model": new, **_ours_eval(new), "steps": hist.steps + len(new.history), "elapsed": elapsed,
             "pairs": n_pairs, "first": model}
 
 

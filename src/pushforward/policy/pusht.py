@@ -199,9 +199,10 @@ class PushTExpert:
         self.fine = bool(keypoint_distance(np.array([self._pose()]), self.u.goal_pose)[0] < self.fine_below)
         speeds = (self.push_speed, self.fine_speed) if self.fine else (self.push_speed,)
         starts, dirs, extra, teleport = [], [], [], []
+        rot, origin = _rot(self.u.block.angle), np.asarray(self.u.block.position)
         for p, n in _CONTACTS:
-            c, nw = _rot(self.u.block.angle) @ np.asarray(p) + np.asarray(self.u.block.position), _rot(self.u.block.angle) @ np.asarray(n)
-            pre = c + nw * (15.0 + self.margin)
+            nw = rot @ np.asarray(n)
+            pre = rot @ np.asarray(p) + origin + nw * (15.0 + self.margin)
             if not ((25 < pre) & (pre < 487)).all():
                 continue  # the agent cannot stand there (walls)
             dist = float(np.linalg.norm(pre - agent))
