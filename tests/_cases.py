@@ -23,3 +23,19 @@ class Case:
     init_data: bool = False  # call .initialize(x) on a batch first (ActNorm)
     grads_all: bool = True  # every parameter must get a gradient
     extra: dict = field(default_factory=dict)
+
+
+def loss_before_after(model, data, steps: int, lr: float, batch: int, generator) -> tuple[float, float]:
+    """Full-data ``model.loss`` before and after ``steps`` Adam steps on random minibatches."""
+    import torch
+
+    with torch.no_grad():
+        start = float(model.loss(data))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model.loss(data[torch.randint(0, data.shape[0], (batch,), generator=generator)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return start, float(model.loss(data))
