@@ -215,6 +215,32 @@ def test_forward_mode_mlp_divergence_matches_autograd(activation):
     assert torch.allclose(der, torch.autograd.grad(val.sum(), a)[0], atol=1e-12)
 
 
+@pytest.mark.parametrize("hidden", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("per_sample_gate", [False, True])
+def test_mlp_divergence_every_depth(hidden, per_sample_gate):
+    # 1-2 hidden layers with a shared output gate take the cyclic-trace shortcut, the rest the
+    # meet-in-the-middle columns: both must equal the autograd trace, with different widths.
+    g = torch.Generator().manual_seed(hidden)
+    widths = [4 + 1, *[7 + 2 * k for k in range(hidden)], 4]
+    ws = [torch.randn(widths[k + 1], widths[k], generator=g, dtype=D64).requires_grad_() for k in range(len(widths) - 1)]
+    bs = [torch.randn(w.shape[0], generator=g, dtype=D64) for w in ws]
+    rows = 6 if per_sample_gate else 1
+    gates = [torch.rand(rows, w.shape[0], generator=g, dtype=D64) + 0.5 for w in ws]
+    extra = torch.randn(6, 1, generator=g, dtype=D64)
+    x = torch.randn(6, 4, generator=g, dtype=D64, requires_grad=True)
+    u, div = mlp_divergence(x, ws, bs, "tanh", gates, None, extra_input=extra)
+    h = torch.cat([x, extra], -1)
+    for k, (w, b) in enumerate(zip(ws, bs)):
+        a = (h @ w.T + b) * gates[k]
+        h = a if k == len(ws) - 1 else torch.tanh(a)
+    assert torch.allclose(u, h, atol=1e-12)
+    assert torch.allclose(div, divergence_exact(h, x), atol=1e-10)
+    # Differentiable in the weights (training through the exact trace).
+    gw = torch.autograd.grad(div.sum(), ws[0])[0]
+    ref = torch.autograd.grad(divergence_exact(h, x, create_graph=True).sum(), ws[0])[0]
+    assert torch.allclose(gw, ref, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 def test_hutchinson_is_unbiased(kind):
     net = _net()

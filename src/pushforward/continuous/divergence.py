@@ -11,13 +11,13 @@ is how many kernel launches and autograd nodes carry them):
   is_grads_batched=True)``). Works for any velocity; on one CPU thread it is within +-30 % of the
   loop (benchmarks/results/continuous.md), so ``"auto"`` uses it only where no faster path exists.
 - the MLP trace (:func:`mlp_divergence`): for ``u = W_L S_{L-1} ... S_1 W_1 x`` (``S_k`` the
-  activation slopes) ``tr J`` is assembled from a left and a right partial product meeting in
-  the middle layer, each one GEMM of ``[N, H]`` slopes by a fixed ``[H, D H]`` matrix, in row
-  blocks that stay in cache. FFJORD uses it (``velocity_with_divergence``). Same multiply-add
-  count as the loop (``~2 D H^2`` per sample), far fewer passes over memory and kernel launches:
-  benchmarks/results/continuous.md has the speed-up (about 2x at batch 256 for D >= 5, 1.2-1.7x
-  at batch 1000-5000 on a loaded CPU; in D = 2 the forward pass alone is about half the loop's
-  time, which bounds any exact method near 2x).
+  activation slopes). With one or two hidden layers the trace is cyclic: ``tr(W_3 S_2 W_2 S_1
+  W_1) = s_2^T (W_2 * (W_1 W_3)^T) s_1``, one ``[N, H] x [H, H]`` GEMM whatever D, the cost of
+  one VJP instead of D. Deeper fields assemble ``tr J`` from a left and a right partial product
+  meeting in the middle layer, each one GEMM of ``[N, H]`` slopes by a fixed ``[H, D H]``
+  matrix (the loop's multiply-add count, ``~2 D H^2`` per sample, but far fewer passes over
+  memory and kernel launches). FFJORD uses it (``velocity_with_divergence``);
+  benchmarks/results/continuous.md has the speed-ups over the loop.
 """
 
 from __future__ import annotations
@@ -234,6 +234,7 @@ def mlp_divergence(
     k_left = None if nh < 2 or m == nh - 1 else (
         (ws[nh].T[:, :, None] * ws[nh - 1][:, None, :]).reshape(ws[nh].shape[1], -1))
     rows = max(1, _CHUNK_ELEMENTS // (d * max(w.shape[0] for w in ws)))
+    cycle = _cycle_matrix(ws, w_x) if nh in (1, 2) else None
 
     def block(lo: int, hi: int) -> tuple[Tensor, Tensor]:
         def part(v):
@@ -248,6 +249,8 @@ def mlp_divergence(
                 break
             h, dh = activation_and_derivative(activation, a)
             slopes.append(dh if g is None else dh * g)
+        if g is None and nh in (1, 2):  # the trace alone: one GEMV / GEMM whatever D
+            return a, _cycle_trace(ws, w_x, slopes, cycle)
         if nh == 0:  # a linear map
             diag = w_x.diagonal().expand(hi - lo, d)
         elif nh == 1:  # sum_h W_2[i, h] s[h] W_1x[h, i]: one GEMM
@@ -263,6 +266,27 @@ def mlp_divergence(
     # Row blocks keep the [rows, D, H] products and the activations in cache.
     outs = [block(i, min(i + rows, n)) for i in range(0, n, rows)]
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def _cycle_matrix(ws: list[Tensor], w_x: Tensor) -> Tensor:
+    """The fixed factor of :func:`_cycle_trace`: ``[H_1]`` for one hidden layer, ``[H_2, H_1]`` for two."""
+    if len(ws) == 2:  # tr(W_2 S_1 W_1x) = sum_h s_1[h] (W_1x W_2)[h, h]
+        return (w_x * ws[1].T).sum(-1)
+    # tr(W_3 S_2 W_2 S_1 W_1x) = tr(S_2 W_2 S_1 P), P = W_1x W_3 [H_1, H_2]:
+    # sum_{a, b} s_2[a] W_2[a, b] s_1[b] P[b, a] = s_2^T (W_2 * P^T) s_1.
+    return ws[1] * (w_x @ ws[2]).T
+
+
+def _cycle_trace(ws: list[Tensor], w_x: Tensor, slopes: list[Tensor], cycle: Tensor) -> Tensor:
+    """``tr J`` [rows] of an MLP with one or two hidden layers and no per-sample output gate.
+
+    The trace is cyclic, so the first and last layers close into one fixed matrix: the
+    divergence costs one ``[N, H_1] x [H_1, H_2]`` GEMM (two hidden layers) or one GEMV (one),
+    independently of D, instead of D Jacobian columns.
+    """
+    if cycle.dim() == 1:
+        return slopes[0] @ cycle
+    return ((slopes[0] @ cycle.T) * slopes[1]).sum(-1)
 
 
 def _meet(ws: list[Tensor], w_x: Tensor, slopes: list[Tensor], m: int, k_right, k_left) -> Tensor:
