@@ -75,3 +75,50 @@ def test_expert_plans_are_a_function_of_the_state():
     b = PushTExpert(env)
     np.testing.assert_allclose(b(obs), first)
     assert a.replan == 8
+
+
+def test_expert_chunk_is_what_the_expert_does_and_leaves_the_state():
+    # chunk() simulates with the expert's copy of the environment's step; executing the same
+    # actions for real must reproduce a fresh expert's first 16 actions (the labels are faithful).
+    env = make_env()
+    env.reset(seed=7)
+    u = env.unwrapped
+    for _ in range(5):  # somewhere mid-episode, with the agent and block moving
+        env.step(np.array([300.0, 250.0]))
+    ex = PushTExpert(env)
+    ex(np.asarray(u.agent.position))  # an expert with a plan of its own, which chunk() must keep
+    memory = (len(ex.plan), ex.t)
+    state = (tuple(u.block.position), u.block.angle, tuple(u.agent.position), tuple(u.agent.velocity))
+    labels = ex.chunk(16)
+    assert labels.shape == (16, 2) and (len(ex.plan), ex.t) == memory
+    np.testing.assert_allclose(np.hstack([np.ravel(v) for v in state]),
+                               np.hstack([np.ravel(v) for v in (tuple(u.block.position), u.block.angle,
+                                                                tuple(u.agent.position), tuple(u.agent.velocity))]),
+                               atol=1e-9)
+    fresh = PushTExpert(env)
+    done = []
+    for _ in range(16):
+        a = np.clip(fresh(np.asarray(u.agent.position)), 0, 512)
+        done.append(a)
+        env.step(a)
+    np.testing.assert_allclose(np.asarray(done), labels, atol=1e-6)
+    with pytest.raises(ValueError, match="horizon"):
+        ex.chunk(0)
+
+
+def test_relabel_collects_expert_chunks_on_the_learners_states():
+    from pushforward.policy import relabel
+
+    env = make_env()
+    ex = PushTExpert(env)
+    learner = ObsHistory(lambda o: o[-OBS_DIM:-OBS_DIM + 2] + 5.0, 2)  # a poor learner: drifts
+    data = relabel(env, learner, lambda e: ex.chunk(16), episodes=2, seed=3, every=10, obs_history=2,
+                   max_steps=25, metrics=pusht_metrics)
+    assert data["actions"].shape == (6, 16, 2) and data["obs"].shape == (6, 2 * OBS_DIM)
+    assert len(data["episodes"]) == 2 and "max_coverage" in data["episodes"][0]
+    # The first record of an episode repeats its first observation; labels are the expert's.
+    obs0, _ = env.reset(seed=3)
+    np.testing.assert_allclose(data["obs"][0], np.concatenate([obs0, obs0]))
+    np.testing.assert_allclose(data["actions"][0], PushTExpert(env).chunk(16), atol=1e-9)
+    with pytest.raises(ValueError, match="every"):
+        relabel(env, learner, lambda e: ex.chunk(16), episodes=1, every=0)

@@ -15,7 +15,7 @@ wrappers and scripted expert.
 from pushforward.policy.base import ChunkPolicyMixin, column_stats, pooled_stats
 from pushforward.policy.baselines import DiffusionPolicy, RegressionPolicy, cosine_alpha_bar
 from pushforward.policy.envs import TwoRouteEnv, TwoRouteExpert, two_route_metrics
-from pushforward.policy.execution import ChunkExecutor, ObsHistory, evaluate, make_chunks, rollout
+from pushforward.policy.execution import ChunkExecutor, ObsHistory, evaluate, make_chunks, relabel, rollout
 from pushforward.policy.flow import FlowPolicy, HierarchicalFlowPolicy
 from pushforward.policy.nets import ActionMLP, ActionTransformer, ObsEncoder
 
@@ -37,6 +37,7 @@ __all__ = [
     "evaluate",
     "make_chunks",
     "pooled_stats",
+    "relabel",
     "rollout",
     "two_route_metrics",
 ]

@@ -116,6 +116,58 @@ def evaluate(make_env: Callable[[], Any], controller: Callable[[np.ndarray], np.
     return {"episodes": rows, "mean": mean}
 
 
+class _Labelling:
+    """Controller wrapper of :func:`relabel`: records the stacked observation and the labeler's
+    chunk every ``every`` steps, then lets the wrapped controller act."""
+
+    def __init__(self, controller: Callable, env: Any, labeler: Callable, every: int, k: int):
+        self.controller, self.env, self.labeler, self.every, self.k = controller, env, labeler, every, k
+        self.obs: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self.t, self.buf = 0, []
+        if hasattr(self.controller, "reset"):
+            self.controller.reset()
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, np.float64)
+        self.buf = self.buf[1:] + [obs] if self.buf else [obs] * self.k
+        if self.t % self.every == 0:
+            self.obs.append(np.concatenate(self.buf, -1))
+            self.actions.append(np.asarray(self.labeler(self.env), np.float64))
+        self.t += 1
+        return self.controller(obs)
+
+
+def relabel(env: Any, controller: Callable[[np.ndarray], np.ndarray], labeler: Callable[[Any], np.ndarray],
+            episodes: int, seed: int = 0, every: int = 1, obs_history: int = 1, max_steps: int = 300,
+            metrics: Callable[[dict], dict] | None = None) -> dict:
+    """DAgger data (Ross et al. 2011): roll out ``controller`` and label the states it visits.
+
+    Every ``every`` control steps of each seeded episode (seeds ``seed ..``), before the
+    controller acts, ``labeler(env)`` gives the expert's chunk ``[H, A]`` from the current state
+    (e.g. :meth:`pushforward.policy.pusht.PushTExpert.chunk`; it must leave ``env`` as it was).
+    The controller takes one observation ``[O]`` per step (wrap a chunk policy in
+    :class:`ChunkExecutor` and :class:`ObsHistory`); the recorded observations are stacked as
+    in :func:`make_chunks`, so the result extends a demonstration set directly.
+
+    Returns:
+        ``{"actions": [N, H, A], "obs": [N, obs_history * O], "episodes": [per-episode metrics]}``.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a positive integer, got {every!r}")
+    wrapper = _Labelling(controller, env, labeler, every, obs_history)
+    rows = []
+    for i in range(episodes):
+        ep = rollout(env, wrapper, seed=seed + i, max_steps=max_steps)
+        rows.append(metrics(ep) if metrics else {"return": float(ep["rewards"].sum()),
+                                                 "success": float(ep["terminated"])})
+    if not wrapper.actions:
+        raise ValueError("relabel recorded no states (episodes = 0?)")
+    return {"actions": np.stack(wrapper.actions), "obs": np.stack(wrapper.obs), "episodes": rows}
+
+
 def make_chunks(episodes: Sequence[tuple[np.ndarray, np.ndarray]], horizon: int,
                 obs_history: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Demonstrations -> training pairs ``(actions [N, H, A], obs [N, obs_history * O])``.

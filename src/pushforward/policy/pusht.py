@@ -254,6 +254,28 @@ class PushTExpert:
         target = com + radius * np.array([math.cos(phi), math.sin(phi)])
         return np.clip(target, 25.0, 487.0)
 
+    def chunk(self, horizon: int) -> np.ndarray:
+        """The next ``horizon`` actions ``[H, 2]`` the expert would take from the current state.
+
+        Planned afresh (as at the start of an episode) and simulated on the environment's own
+        physics, which is then restored, as is the expert's own plan: the environment is left
+        exactly as it was. This labels states that a learner visits (DAgger, Ross et al. 2011).
+        """
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        saved, memory = self._save(), (list(self.plan), self.pre, self.walking, self.t)
+        self.reset()
+        actions = []
+        try:
+            for _ in range(horizon):
+                a = np.clip(self(np.asarray(self.u.agent.position, dtype=np.float64)), 0.0, 512.0)
+                actions.append(a)
+                self._sim_step(a)
+        finally:
+            self._restore(saved)
+            self.plan, self.pre, self.walking, self.t = memory
+        return np.asarray(actions)
+
     def __call__(self, obs: np.ndarray) -> np.ndarray:  # noqa: D102
         agent = np.asarray(obs[:2], dtype=np.float64)
         if self.t % self.replan == 0 or not self.plan:
