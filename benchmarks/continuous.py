@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -331,15 +332,18 @@ def divergence_speed(quick: bool) -> list[dict]:
     dims = (2, 10) if quick else (2, 5, 10)
     batches = (256,) if quick else (256, 1000, 5000)
     rounds = 2 if quick else 5
-    for d in dims:
+    # The default field (3 hidden layers: the trace meets in the middle, D columns) and one with
+    # two hidden layers of about the same forward cost (its trace is cyclic: one GEMM whatever D).
+    fields = {"3x64": (64, 64, 64)} if quick else {"3x64": (64, 64, 64), "2x96": (96, 96)}
+    for (fname, hidden), d in itertools.product(fields.items(), dims):
         torch.manual_seed(0)
-        model = pf.build("ffjord", d)
+        model = pf.build("ffjord", d, hidden=hidden)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.1 * torch.randn_like(p))
         for n in batches:
             x = torch.randn(n, d)
-            row = {"dim": d, "batch": n}
+            row = {"field": fname, "dim": d, "batch": n}
             calls = {"forward_only": _forward_only_call(model, x)}
             for mode in ("inference", "training"):
                 for method in ("loop", "batched", "auto"):
@@ -458,22 +462,23 @@ def _divergence_section(div_rows: list[dict]) -> list[str]:
         "",
         DIVERGENCE_HEADING,
         "",
-        "One `ode_log_prob` solve (RK4, 5 steps = 20 field evaluations) of an `ffjord` field (3x64 "
-        "ConcatSquash, tanh, the same module for every method), exact trace, float32, one thread. "
+        "One `ode_log_prob` solve (RK4, 5 steps = 20 field evaluations) of an `ffjord` field (ConcatSquash, "
+        "tanh, the same module for every method): `3x64` is the default (3 hidden layers of 64), `2x96` "
+        "two hidden layers of 96 (about the same forward cost); exact trace, float32, one thread. "
         "`fast` = `velocity_with_divergence` (the MLP trace of `mlp_divergence`, what `ffjord` uses "
-        "by default); `batched` = all D VJPs in one vmapped backward (any field); `loop` = one "
+        "by default: D Jacobian columns meeting in the middle for 3x64, the cyclic one-GEMM trace for 2x96); `batched` = all D VJPs in one vmapped backward (any field); `loop` = one "
         "autograd VJP per dimension. `fwd only` = the same solve with the velocity alone, so "
         "`bound` = loop / fwd only is the most any exact method could gain. Training = the solve plus "
         "`backward()` of the mean log-likelihood. Best CPU time (`time.process_time`) of 5 rounds in which the methods take turns; `load` = "
         "1-minute load average on the 2-CPU machine at the end of the row.",
         "",
-        "| D | batch | fwd only ms | inference loop ms | batched | fast | speed-up fast | bound | "
+        "| field | D | batch | fwd only ms | inference loop ms | batched | fast | speed-up fast | bound | "
         "training loop ms | batched | fast | speed-up fast | load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in div_rows:
         lines.append(
-            f"| {r['dim']} | {r['batch']} | {r['forward_only_ms']:.1f} | {r['inference_loop_ms']:.1f} | "
+            f"| {r.get('field', '3x64')} | {r['dim']} | {r['batch']} | {r['forward_only_ms']:.1f} | {r['inference_loop_ms']:.1f} | "
             f"{r['inference_batched_ms']:.1f} | {r['inference_auto_ms']:.1f} | "
             f"{r['inference_speedup_fast']:.2f}x | {r['inference_bound']:.2f}x | {r['training_loop_ms']:.1f} | "
             f"{r['training_batched_ms']:.1f} | {r['training_auto_ms']:.1f} | {r['training_speedup_fast']:.2f}x | "

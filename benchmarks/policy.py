@@ -3,6 +3,7 @@
     python benchmarks/policy.py collect   # PushT expert demonstrations -> benchmarks/data/pusht_demos.npz
     python benchmarks/policy.py tworoute  # bimodal task: success, collisions, mode use, switches
     python benchmarks/policy.py pusht     # PushT: mean max coverage, success over seeded episodes
+    python benchmarks/policy.py dagger    # one DAgger round from the pusht checkpoints (expert relabels)
     python benchmarks/policy.py latency   # CPU latency of one act (batch 1)
 
 Results go to benchmarks/results/policy_*.json / .md / .png / .gif. CPU budgets are small (the
@@ -31,6 +32,7 @@ from pushforward.policy import (
     TwoRouteExpert,
     evaluate,
     make_chunks,
+    relabel,
     rollout,
     two_route_metrics,
 )
@@ -234,6 +236,71 @@ def pusht(args) -> None:
         _pusht_gif(models["flow"], hist, execute, tag=args.tag)
 
 
+def dagger(args) -> None:
+    """One DAgger round on PushT: roll out a trained policy, label the states it reaches with the
+    expert's chunk, and fine-tune on demonstrations + labels (same seeds/metrics as ``pusht``).
+
+    Starts from the ``pusht{--from-tag}_{method}`` checkpoints; the rollouts use seeds 5000..
+    (disjoint from the evaluation seeds 0..49 and the demonstrations' 100000..).
+    """
+    from pushforward.policy.pusht import PushTExpert, make_env, pusht_metrics
+
+    horizon, execute, hist = 16, 8, 2
+    demos = load_demos()
+    actions, obs = make_chunks(demos, horizon, obs_history=hist)
+    ckpt = Path("/tmp/policy")
+    tag = args.tag or f"{args.from_tag}_dagger"
+    names = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
+             "diffusion": [("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}), ("DDPM (100 steps)", {"sampler": "ddpm"})]}
+    out = RESULTS / f"policy_pusht{tag}.json"
+    for key in args.methods.split(","):
+        policy = pf.load(ckpt / f"pusht{args.from_tag}_{key}.pt")
+        base = json.loads((ckpt / f"pusht{args.from_tag}_{key}.json").read_text())
+        data_file = ckpt / f"pusht{tag}_{key}_labels.npz"
+        t = time.time()
+        if args.reuse and data_file.exists():
+            d = dict(np.load(data_file))
+        else:
+            env = make_env()
+            expert = PushTExpert(env)
+            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(5000), **names[key][0][1])
+            r = relabel(env, ObsHistory(ex, hist), lambda e, x=expert: x.chunk(horizon), episodes=args.dagger_episodes,
+                        seed=5000, every=args.every, obs_history=hist, metrics=pusht_metrics)
+            d = {"actions": r["actions"], "obs": r["obs"],
+                 "max_coverage": np.array([m["max_coverage"] for m in r["episodes"]])}
+            np.savez_compressed(data_file, **d)
+        label_s = time.time() - t
+        print(f"{key}: {len(d['actions'])} labelled states from {args.dagger_episodes} rollouts "
+              f"(their mean max coverage {d['max_coverage'].mean():.3f}), {label_s:.0f} s", flush=True)
+        all_a = torch.as_tensor(np.concatenate([actions, d["actions"]]), dtype=torch.float32)
+        all_o = torch.as_tensor(np.concatenate([obs, d["obs"]]), dtype=torch.float32)
+        t = time.time()
+        # Fine-tuning keeps the normalisation the policy was trained with (its weights assume it).
+        h = pf.fit(policy, all_a, context=all_o, steps=args.train_steps, max_time=None, seed=1, val_fraction=0,
+                   progress=False, checkpoint_every=None, lr=args.lr)
+        info = {"train_s": round(base["train_s"] + time.time() - t, 1), "train_steps": base["train_steps"] + h.steps,
+                "final_loss": float(h.loss[-1]), "dagger_labels": int(len(d["actions"])),
+                "dagger_rollout_coverage": float(d["max_coverage"].mean()), "label_s": round(label_s, 1)}
+        pf.save(policy, ckpt / f"pusht{tag}_{key}.pt")
+        for vname, kw in names[key]:
+            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0), **kw)
+            res = evaluate(make_env, ObsHistory(ex, hist), episodes=args.episodes, seed=0, max_steps=300,
+                           metrics=pusht_metrics)
+            row = {"mean_max_coverage": res["mean"]["max_coverage"], "success_rate": res["mean"]["success"], **info}
+            print(vname, {k: round(v, 3) for k, v in row.items()}, flush=True)
+            # Re-read just before writing: other methods' processes share the file.
+            rows = {**(json.loads(out.read_text())["results"] if out.exists() else {}), vname: row}
+            _save_json(out.name, {
+                "demos": len(demos), "chunks": len(actions), "horizon": horizon, "execute": execute,
+                "obs_history": hist, "episodes": args.episodes, "eval_seeds": f"0..{args.episodes - 1}",
+                "train_steps": f"pusht{args.from_tag} checkpoint + {args.train_steps} fine-tuning",
+                "lr": args.lr or "default (3e-4)",
+                "net": json.loads((RESULTS / f"policy_pusht{args.from_tag}.json").read_text())["net"],
+                "dagger": f"1 round: {args.dagger_episodes} rollouts of each method's own policy (seeds 5000..), "
+                          f"expert chunk every {args.every} steps, added to the demos",
+                "results": rows})
+
+
 def _pusht_gif(policy, hist: int, execute: int, seed: int = 0, tag: str = "") -> None:
     from PIL import Image
 
@@ -313,7 +380,7 @@ def report(args) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["collect", "tworoute", "pusht", "latency", "report"])
+    p.add_argument("what", choices=["collect", "tworoute", "pusht", "dagger", "latency", "report"])
     p.add_argument("--demos", type=int, default=200)
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--episodes", type=int, default=50)
@@ -326,8 +393,11 @@ if __name__ == "__main__":
     p.add_argument("--net", choices=["transformer", "mlp"], default="transformer")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--from-tag", default="_60k", help="dagger: the pusht run whose checkpoints start the round")
+    p.add_argument("--dagger-episodes", type=int, default=60, help="dagger: rollouts of the policy to label")
+    p.add_argument("--every", type=int, default=4, help="dagger: label every k-th visited state")
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)  # network initialisation (fit's seed covers only the training stream)
     {"collect": collect, "tworoute": tworoute, "pusht": pusht, "latency": latency,
-     "report": report}[a.what](a)
+     "dagger": dagger, "report": report}[a.what](a)
