@@ -240,8 +240,10 @@ def dagger(args) -> None:
     """One DAgger round on PushT: roll out a trained policy, label the states it reaches with the
     expert's chunk, and fine-tune on demonstrations + labels (same seeds/metrics as ``pusht``).
 
-    Starts from the ``pusht{--from-tag}_{method}`` checkpoints; the rollouts use seeds 5000..
-    (disjoint from the evaluation seeds 0..49 and the demonstrations' 100000..).
+    Starts from the ``pusht{--from-tag}_{method}`` checkpoints (a ``dagger`` run's tag chains
+    rounds; the labels of every round are kept, as DAgger aggregates). Round r's rollouts use
+    seeds ``4000 + 1000 r ..``, disjoint from the evaluation seeds 0..49 and the demonstrations'
+    100000...
     """
     from pushforward.policy.pusht import PushTExpert, make_env, pusht_metrics
 
@@ -257,31 +259,37 @@ def dagger(args) -> None:
         policy = pf.load(ckpt / f"pusht{args.from_tag}_{key}.pt")
         base = json.loads((ckpt / f"pusht{args.from_tag}_{key}.json").read_text())
         data_file = ckpt / f"pusht{tag}_{key}_labels.npz"
+        rnd = base.get("dagger_rounds", 0) + 1
+        seed = 4000 + 1000 * rnd
         t = time.time()
         if args.reuse and data_file.exists():
             d = dict(np.load(data_file))
         else:
             env = make_env()
             expert = PushTExpert(env)
-            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(5000), **names[key][0][1])
+            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(seed), **names[key][0][1])
             r = relabel(env, ObsHistory(ex, hist), lambda e, x=expert: x.chunk(horizon), episodes=args.dagger_episodes,
-                        seed=5000, every=args.every, obs_history=hist, metrics=pusht_metrics)
+                        seed=seed, every=args.every, obs_history=hist, metrics=pusht_metrics)
             d = {"actions": r["actions"], "obs": r["obs"],
                  "max_coverage": np.array([m["max_coverage"] for m in r["episodes"]])}
             np.savez_compressed(data_file, **d)
         label_s = time.time() - t
         print(f"{key}: {len(d['actions'])} labelled states from {args.dagger_episodes} rollouts "
               f"(their mean max coverage {d['max_coverage'].mean():.3f}), {label_s:.0f} s", flush=True)
-        all_a = torch.as_tensor(np.concatenate([actions, d["actions"]]), dtype=torch.float32)
-        all_o = torch.as_tensor(np.concatenate([obs, d["obs"]]), dtype=torch.float32)
+        files = [*base.get("dagger_label_files", []), str(data_file)]
+        labels = [d] + [dict(np.load(f)) for f in files[:-1]]
+        all_a = torch.as_tensor(np.concatenate([actions, *[x["actions"] for x in labels]]), dtype=torch.float32)
+        all_o = torch.as_tensor(np.concatenate([obs, *[x["obs"] for x in labels]]), dtype=torch.float32)
         t = time.time()
         # Fine-tuning keeps the normalisation the policy was trained with (its weights assume it).
         h = pf.fit(policy, all_a, context=all_o, steps=args.train_steps, max_time=None, seed=1, val_fraction=0,
                    progress=False, checkpoint_every=None, lr=args.lr)
         info = {"train_s": round(base["train_s"] + time.time() - t, 1), "train_steps": base["train_steps"] + h.steps,
-                "final_loss": float(h.loss[-1]), "dagger_labels": int(len(d["actions"])),
-                "dagger_rollout_coverage": float(d["max_coverage"].mean()), "label_s": round(label_s, 1)}
+                "final_loss": float(h.loss[-1]), "dagger_rounds": rnd, "dagger_labels": len(all_a) - len(actions),
+                "dagger_rollout_coverage": float(d["max_coverage"].mean()), "dagger_label_files": files,
+                "label_s": round(base.get("label_s", 0.0) + label_s, 1)}
         pf.save(policy, ckpt / f"pusht{tag}_{key}.pt")
+        (ckpt / f"pusht{tag}_{key}.json").write_text(json.dumps(info))
         for vname, kw in names[key]:
             ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0), **kw)
             res = evaluate(make_env, ObsHistory(ex, hist), episodes=args.episodes, seed=0, max_steps=300,
@@ -296,9 +304,12 @@ def dagger(args) -> None:
                 "train_steps": f"pusht{args.from_tag} checkpoint + {args.train_steps} fine-tuning",
                 "lr": args.lr or "default (3e-4)",
                 "net": json.loads((RESULTS / f"policy_pusht{args.from_tag}.json").read_text())["net"],
-                "dagger": f"1 round: {args.dagger_episodes} rollouts of each method's own policy (seeds 5000..), "
-                          f"expert chunk every {args.every} steps, added to the demos",
+                "dagger": f"{rnd} round(s), each: {args.dagger_episodes} rollouts of the method's own current policy "
+                          f"(seeds 5000.. in round 1, +1000 per round), expert chunk every {args.every} steps, "
+                          f"all labels added to the demos",
                 "results": rows})
+        if key == "flow":
+            _pusht_gif(policy, hist, execute, tag=tag)
 
 
 def _pusht_gif(policy, hist: int, execute: int, seed: int = 0, tag: str = "") -> None:
