@@ -367,7 +367,7 @@ def report(args) -> None:
         out += [f"## PushT ({f.name}): state = agent + 16 keypoint coordinates, 2 observation steps; {d['episodes']} "
                 f"seeded episodes (seeds {d['eval_seeds']}), {d['demos']} scripted demos, H = {d['horizon']}, execute "
                 f"{d['execute']}, {d['train_steps']} training steps (batch 256, lr {d.get('lr', 'default (3e-4)')}), "
-                f"net {d['net']}", "",
+                f"net {d['net']}" + (f"; DAgger: {d['dagger']}" if "dagger" in d else ""), "",
                 "| method | mean max coverage | success (>= 0.95) | act ms (batch 1) | training s |", "|---|---|---|---|---|"]
         for k, r in d["results"].items():
             out.append(f"| {k} | {r['mean_max_coverage']:.3f} | {r['success_rate']:.2f} | "
