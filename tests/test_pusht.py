@@ -122,3 +122,21 @@ def test_relabel_collects_expert_chunks_on_the_learners_states():
     np.testing.assert_allclose(data["actions"][0], PushTExpert(env).chunk(16), atol=1e-9)
     with pytest.raises(ValueError, match="every"):
         relabel(env, learner, lambda e: ex.chunk(16), episodes=1, every=0)
+
+
+def test_expert_plans_when_no_pre_contact_point_fits():
+    # A learner can jam the T into a corner where every pre-contact point lies outside the
+    # arena; the expert then pushes from where the agent stands instead of failing.
+    env = make_env()
+    env.reset(seed=0)
+    u = env.unwrapped
+    u.block.angle = 1.8326
+    u.block.position = (10.0, 10.0)
+    u.agent.position = (200.0, 200.0)
+    u.space.reindex_shapes_for_body(u.block)
+    u.space.reindex_shapes_for_body(u.agent)
+    ex = PushTExpert(env)
+    ex._choose()
+    assert len(ex.plan) >= 1 and np.isfinite(np.asarray(ex.plan)).all()
+    np.testing.assert_allclose(ex.pre, [200.0, 200.0])  # from here: no walk to a contact point
+    assert ex.chunk(4).shape == (4, 2)

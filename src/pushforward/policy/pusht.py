@@ -209,7 +209,9 @@ class PushTExpert:
             walk = self.travel_cost * dist + (self.walk_penalty * (2.0 + dist / self.speed) if dist > 4.0 else 0.0)
             for ang in self.angles:
                 starts.append(pre), dirs.append(-(_rot(math.radians(ang)) @ nw)), extra.append(walk), teleport.append(True)
-        if self._geom().distance(sg.Point(*agent)) < 15.0 + 12.0:  # touching: keep pushing from here
+        # Touching: keep pushing from here. Also when no pre-contact point fits in the arena (the
+        # block jammed in a corner, as a poor learner leaves it): pushing from here is all there is.
+        if not starts or self._geom().distance(sg.Point(*agent)) < 15.0 + 12.0:
             com = np.asarray(self.u.block.local_to_world(self.u.block.center_of_gravity))
             to = (com - agent) / max(float(np.linalg.norm(com - agent)), 1e-6)
             here = [_rot(math.radians(a)) @ to for a in (-40.0, -20.0, 0.0, 20.0, 40.0)]
