@@ -280,22 +280,27 @@ def dagger(args) -> None:
         labels = [d] + [dict(np.load(f)) for f in files[:-1]]
         all_a = torch.as_tensor(np.concatenate([actions, *[x["actions"] for x in labels]]), dtype=torch.float32)
         all_o = torch.as_tensor(np.concatenate([obs, *[x["obs"] for x in labels]]), dtype=torch.float32)
-        t = time.time()
-        # Fine-tuning keeps the normalisation the policy was trained with (its weights assume it).
-        h = pf.fit(policy, all_a, context=all_o, steps=args.train_steps, max_time=None, seed=1, val_fraction=0,
-                   progress=False, checkpoint_every=None, lr=args.lr)
-        info = {"train_s": round(base["train_s"] + time.time() - t, 1), "train_steps": base["train_steps"] + h.steps,
-                "final_loss": float(h.loss[-1]), "dagger_rounds": rnd, "dagger_labels": len(all_a) - len(actions),
-                "dagger_rollout_coverage": float(d["max_coverage"].mean()), "dagger_label_files": files,
-                "label_s": round(base.get("label_s", 0.0) + label_s, 1)}
-        pf.save(policy, ckpt / f"pusht{tag}_{key}.pt")
-        (ckpt / f"pusht{tag}_{key}.json").write_text(json.dumps(info))
+        done = ckpt / f"pusht{tag}_{key}.pt"
+        if args.reuse and done.exists() and done.with_suffix(".json").exists():
+            policy, info = pf.load(done), json.loads(done.with_suffix(".json").read_text())
+        else:
+            t = time.time()
+            # Fine-tuning keeps the normalisation the policy was trained with (its weights assume it).
+            h = pf.fit(policy, all_a, context=all_o, steps=args.train_steps, max_time=None, seed=1, val_fraction=0,
+                       progress=False, checkpoint_every=None, lr=args.lr)
+            info = {"train_s": round(base["train_s"] + time.time() - t, 1),
+                    "train_steps": base["train_steps"] + h.steps, "final_loss": float(h.loss[-1]),
+                    "dagger_rounds": rnd, "dagger_labels": len(all_a) - len(actions),
+                    "dagger_rollout_coverage": float(d["max_coverage"].mean()), "dagger_label_files": files,
+                    "label_s": round(base.get("label_s", 0.0) + label_s, 1)}
+            pf.save(policy, done)
+            done.with_suffix(".json").write_text(json.dumps(info))
         for vname, kw in names[key]:
             ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0), **kw)
             res = evaluate(make_env, ObsHistory(ex, hist), episodes=args.episodes, seed=0, max_steps=300,
                            metrics=pusht_metrics)
             row = {"mean_max_coverage": res["mean"]["max_coverage"], "success_rate": res["mean"]["success"], **info}
-            print(vname, {k: round(v, 3) for k, v in row.items()}, flush=True)
+            print(vname, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             # Re-read just before writing: other methods' processes share the file.
             rows = {**(json.loads(out.read_text())["results"] if out.exists() else {}), vname: row}
             _save_json(out.name, {
