@@ -17,7 +17,7 @@ def build_ffjord(
     context_dim: int = 0,
     image_shape: Sequence[int] | None = None,
     *,
-    hidden: Sequence[int] = (64, 64, 64),
+    hidden: Sequence[int] = (96, 96),
     time_embed: int = 0,
     activation: str = "tanh",
     solver: str = "dopri5",
@@ -34,8 +34,12 @@ def build_ffjord(
 ) -> FFJORD:
     """FFJORD on vectors ``[N, D]`` over N(0, I); see :class:`pushforward.continuous.FFJORD`.
 
-    Defaults train a 2-D toy in CPU minutes: a 3x64 ConcatSquash tanh field, dopri5 at
-    atol = rtol = 1e-5, Hutchinson trace with a Rademacher probe, batch 512, lr 2e-3.
+    Defaults train a 2-D toy in CPU minutes: a ConcatSquash tanh field with two hidden layers of
+    96, dopri5 at atol = rtol = 1e-5, Hutchinson trace with a Rademacher probe, batch 512, lr 2e-3.
+    Two hidden layers rather than FFJORD's three of 64 (about the same forward cost): the exact
+    trace is then one GEMM whatever D (2.3-4.7x faster exact likelihood than a per-dimension loop
+    at D = 5-10), and at a 60 s budget the 2x96 field reached a lower mean KL over ring, spiral,
+    8gaussians and checkerboard, two seeds (0.43 vs 0.55 nats; benchmarks/results/continuous.md).
     """
     if image_shape is not None:
         raise ValueError(

@@ -51,7 +51,7 @@ class ConcatSquashField(nn.Module):
         self,
         dim: int,
         context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64, 64),
+        hidden: Sequence[int] = (96, 96),
         time_embed: int = 0,
         activation: str = "tanh",
     ):
@@ -117,10 +117,11 @@ class FFJORD(ContinuousFlow):
     Args:
         dim: D. context_dim: C (conditional flow: the context modulates every layer).
         hidden, time_embed, activation: the field, see :class:`ConcatSquashField`. With one or
-            two hidden layers (e.g. ``(96, 96)``) the exact trace is a single GEMM whatever D
-            (:func:`~pushforward.continuous.divergence.mlp_divergence`), so ``divergence="exact"``
-            trains at about Hutchinson's cost and exact ``log_prob`` is 2-4x faster than a
-            per-dimension loop at D = 5-10 (benchmarks/results/continuous.md).
+            two hidden layers (the default ``(96, 96)``) and no context, the exact trace is a
+            single GEMM whatever D (:func:`~pushforward.continuous.divergence.mlp_divergence`),
+            so ``divergence="exact"`` trains at about Hutchinson's cost and exact ``log_prob`` is
+            2-4x faster than a per-dimension loop at D = 5-10 (benchmarks/results/continuous.md);
+            deeper fields take D Jacobian columns.
         solver, atol, rtol, steps: ODE solver for training *and* default evaluation
             (``eval_atol``/``eval_rtol`` override the tolerances outside training).
         adjoint: gradients by the adjoint method (O(1) memory in the number of solver steps).
@@ -136,7 +137,7 @@ class FFJORD(ContinuousFlow):
         self,
         dim: int,
         context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64, 64),
+        hidden: Sequence[int] = (96, 96),
         time_embed: int = 0,
         activation: str = "tanh",
         solver: str = "dopri5",
