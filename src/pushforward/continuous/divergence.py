@@ -229,12 +229,16 @@ def mlp_divergence(
     w_x = ws[0][:, :d]
     nh = len(ws) - 1  # hidden layers; layer k < nh has the slope S_{k+1} (0-based: slopes[k])
     m = (nh - 1) // 2  # meet at slopes[m]: one GEMM on each side for 3 hidden layers
-    # Fixed [H, D H] factors of the first/last two layers (see the docstring); None if unused.
-    k_right = None if m < 1 else (w_x[:, :, None] * ws[1].T[:, None, :]).reshape(w_x.shape[0], -1)
-    k_left = None if nh < 2 or m == nh - 1 else (
-        (ws[nh].T[:, :, None] * ws[nh - 1][:, None, :]).reshape(ws[nh].shape[1], -1))
+    # Only the trace is needed unless a per-sample output gate weights its terms: then one or two
+    # hidden layers close into one fixed matrix (_cycle_matrix) and the column factors are unused.
+    cycle = _cycle_matrix(ws, w_x) if nh in (1, 2) and layers[-1][2] is None else None
+    k_right = k_left = None
+    if cycle is None:  # fixed [H, D H] factors of the first/last two layers (see the docstring)
+        if m >= 1:
+            k_right = (w_x[:, :, None] * ws[1].T[:, None, :]).reshape(w_x.shape[0], -1)
+        if nh >= 2 and m != nh - 1:
+            k_left = (ws[nh].T[:, :, None] * ws[nh - 1][:, None, :]).reshape(ws[nh].shape[1], -1)
     rows = max(1, _CHUNK_ELEMENTS // (d * max(w.shape[0] for w in ws)))
-    cycle = _cycle_matrix(ws, w_x) if nh in (1, 2) else None
 
     def block(lo: int, hi: int) -> tuple[Tensor, Tensor]:
         def part(v):
@@ -249,8 +253,8 @@ def mlp_divergence(
                 break
             h, dh = activation_and_derivative(activation, a)
             slopes.append(dh if g is None else dh * g)
-        if g is None and nh in (1, 2):  # the trace alone: one GEMV / GEMM whatever D
-            return a, _cycle_trace(ws, w_x, slopes, cycle)
+        if cycle is not None:  # the trace alone: one GEMV / GEMM whatever D
+            return a, _cycle_trace(slopes, cycle)
         if nh == 0:  # a linear map
             diag = w_x.diagonal().expand(hi - lo, d)
         elif nh == 1:  # sum_h W_2[i, h] s[h] W_1x[h, i]: one GEMM
@@ -277,7 +281,7 @@ def _cycle_matrix(ws: list[Tensor], w_x: Tensor) -> Tensor:
     return ws[1] * (w_x @ ws[2]).T
 
 
-def _cycle_trace(ws: list[Tensor], w_x: Tensor, slopes: list[Tensor], cycle: Tensor) -> Tensor:
+def _cycle_trace(slopes: list[Tensor], cycle: Tensor) -> Tensor:
     """``tr J`` [rows] of an MLP with one or two hidden layers and no per-sample output gate.
 
     The trace is cyclic, so the first and last layers close into one fixed matrix: the
