@@ -121,20 +121,21 @@ class _Labelling:
     chunk every ``every`` steps, then lets the wrapped controller act."""
 
     def __init__(self, controller: Callable, env: Any, labeler: Callable, every: int, k: int):
-        self.controller, self.env, self.labeler, self.every, self.k = controller, env, labeler, every, k
+        self.controller, self.env, self.labeler, self.every = controller, env, labeler, every
+        self.stack = ObsHistory(lambda stacked: stacked, k)  # the same stacking as make_chunks
         self.obs: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
 
     def reset(self) -> None:
-        self.t, self.buf = 0, []
+        self.t = 0
+        self.stack.reset()
         if hasattr(self.controller, "reset"):
             self.controller.reset()
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs, np.float64)
-        self.buf = self.buf[1:] + [obs] if self.buf else [obs] * self.k
+        stacked = self.stack(obs)
         if self.t % self.every == 0:
-            self.obs.append(np.concatenate(self.buf, -1))
+            self.obs.append(stacked)
             self.actions.append(np.asarray(self.labeler(self.env), np.float64))
         self.t += 1
         return self.controller(obs)
