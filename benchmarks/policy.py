@@ -174,10 +174,27 @@ def load_demos() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 # ============================================================================ PushT
-def pusht(args) -> None:
-    from pushforward.policy.pusht import OBS_DIM, make_env, pusht_metrics
+HORIZON, EXECUTE, HIST = 16, 8, 2  # chunk length, actions executed per chunk, stacked observations
+CKPT = Path("/tmp/policy")
+# Result rows of each method and the act() options that produce them (the first also drives
+# the method's DAgger rollouts).
+VARIANTS = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
+            "diffusion": [("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}), ("DDPM (100 steps)", {"sampler": "ddpm"})]}
 
-    horizon, execute, hist = 16, 8, 2
+
+def _pusht_score(policy, episodes: int, **act_kwargs) -> dict:
+    """Mean max coverage and success over the seeded evaluation episodes 0..episodes-1."""
+    from pushforward.policy.pusht import make_env, pusht_metrics
+
+    ex = ChunkExecutor(policy, execute=EXECUTE, generator=torch.Generator().manual_seed(0), **act_kwargs)
+    m = evaluate(make_env, ObsHistory(ex, HIST), episodes=episodes, seed=0, max_steps=300, metrics=pusht_metrics)["mean"]
+    return {"mean_max_coverage": m["max_coverage"], "success_rate": m["success"]}
+
+
+def pusht(args) -> None:
+    from pushforward.policy.pusht import OBS_DIM
+
+    horizon, execute, hist = HORIZON, EXECUTE, HIST
     demos = load_demos()
     actions, obs = make_chunks(demos, horizon, obs_history=hist)
     print(f"PushT: {len(demos)} demos, {len(actions)} chunks", flush=True)
@@ -190,20 +207,16 @@ def pusht(args) -> None:
         "diffusion": DiffusionPolicy(hist * OBS_DIM, 2, horizon, **net),
     }
     models = {k: m.to(args.device) for k, m in models.items() if k in args.methods.split(",")}
-    variants = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
-                "diffusion": [("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}),
-                              ("DDPM (100 steps)", {"sampler": "ddpm"})]}
     rows = {}
     expert_file = RESULTS / "policy_pusht_expert.json"
     if expert_file.exists():
         rows["scripted expert (all episodes tried)"] = json.loads(expert_file.read_text())
-    ckpt = Path("/tmp/policy")
-    ckpt.mkdir(parents=True, exist_ok=True)
+    CKPT.mkdir(parents=True, exist_ok=True)
     if args.reuse and (RESULTS / f"policy_pusht{args.tag}.json").exists():
         rows.update(json.loads((RESULTS / f"policy_pusht{args.tag}.json").read_text())["results"])
     for key, policy in models.items():
-        path = ckpt / f"pusht{args.tag}_{key}.pt"
-        if args.reuse and all(v in rows for v, _ in variants[key]):
+        path = CKPT / f"pusht{args.tag}_{key}.pt"
+        if args.reuse and all(v in rows for v, _ in VARIANTS[key]):
             models[key] = pf.load(path).to(args.device)
             continue
         if args.reuse and path.exists():
@@ -213,13 +226,9 @@ def pusht(args) -> None:
             info = _train(policy, actions, obs, args.train_steps, seed=0, lr=args.lr)
             pf.save(policy, path)
             path.with_suffix(".json").write_text(json.dumps(info))
-        for vname, kw in variants[key]:
-            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0), **kw)
+        for vname, kw in VARIANTS[key]:
             t = time.time()
-            res = evaluate(make_env, ObsHistory(ex, hist), episodes=args.episodes, seed=0, max_steps=300,
-                           metrics=pusht_metrics)
-            m = res["mean"]
-            rows[vname] = {"mean_max_coverage": m["max_coverage"], "success_rate": m["success"],
+            rows[vname] = {**_pusht_score(policy, args.episodes, **kw),
                            "act_ms": 1e3 * _latency(policy, hist * OBS_DIM, **kw), "eval_s": round(time.time() - t, 1),
                            **info}
             print(vname, {k: round(v, 3) for k, v in rows[vname].items()}, flush=True)
@@ -247,18 +256,15 @@ def dagger(args) -> None:
     """
     from pushforward.policy.pusht import PushTExpert, make_env, pusht_metrics
 
-    horizon, execute, hist = 16, 8, 2
+    horizon, execute, hist = HORIZON, EXECUTE, HIST
     demos = load_demos()
     actions, obs = make_chunks(demos, horizon, obs_history=hist)
-    ckpt = Path("/tmp/policy")
     tag = args.tag or f"{args.from_tag}_dagger"
-    names = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
-             "diffusion": [("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}), ("DDPM (100 steps)", {"sampler": "ddpm"})]}
     out = RESULTS / f"policy_pusht{tag}.json"
     for key in args.methods.split(","):
-        policy = pf.load(ckpt / f"pusht{args.from_tag}_{key}.pt")
-        base = json.loads((ckpt / f"pusht{args.from_tag}_{key}.json").read_text())
-        data_file = ckpt / f"pusht{tag}_{key}_labels.npz"
+        policy = pf.load(CKPT / f"pusht{args.from_tag}_{key}.pt")
+        base = json.loads((CKPT / f"pusht{args.from_tag}_{key}.json").read_text())
+        data_file = CKPT / f"pusht{tag}_{key}_labels.npz"
         rnd = base.get("dagger_rounds", 0) + 1
         seed = 4000 + 1000 * rnd
         t = time.time()
@@ -267,7 +273,7 @@ def dagger(args) -> None:
         else:
             env = make_env()
             expert = PushTExpert(env)
-            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(seed), **names[key][0][1])
+            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(seed), **VARIANTS[key][0][1])
             r = relabel(env, ObsHistory(ex, hist), lambda e, x=expert: x.chunk(horizon), episodes=args.dagger_episodes,
                         seed=seed, every=args.every, obs_history=hist, metrics=pusht_metrics)
             d = {"actions": r["actions"], "obs": r["obs"],
@@ -280,7 +286,7 @@ def dagger(args) -> None:
         labels = [d] + [dict(np.load(f)) for f in files[:-1]]
         all_a = torch.as_tensor(np.concatenate([actions, *[x["actions"] for x in labels]]), dtype=torch.float32)
         all_o = torch.as_tensor(np.concatenate([obs, *[x["obs"] for x in labels]]), dtype=torch.float32)
-        done = ckpt / f"pusht{tag}_{key}.pt"
+        done = CKPT / f"pusht{tag}_{key}.pt"
         if args.reuse and done.exists() and done.with_suffix(".json").exists():
             policy, info = pf.load(done), json.loads(done.with_suffix(".json").read_text())
         else:
@@ -295,11 +301,8 @@ def dagger(args) -> None:
                     "label_s": round(base.get("label_s", 0.0) + label_s, 1)}
             pf.save(policy, done)
             done.with_suffix(".json").write_text(json.dumps(info))
-        for vname, kw in names[key]:
-            ex = ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0), **kw)
-            res = evaluate(make_env, ObsHistory(ex, hist), episodes=args.episodes, seed=0, max_steps=300,
-                           metrics=pusht_metrics)
-            row = {"mean_max_coverage": res["mean"]["max_coverage"], "success_rate": res["mean"]["success"], **info}
+        for vname, kw in VARIANTS[key]:
+            row = {**_pusht_score(policy, args.episodes, **kw), **info}
             print(vname, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             # Re-read just before writing: other methods' processes share the file.
             rows = {**(json.loads(out.read_text())["results"] if out.exists() else {}), vname: row}
