@@ -236,24 +236,24 @@ def test_reverse_kl_recovers_a_gaussian_target(name):
 
 
 def test_config_records_builder_defaults_so_a_changed_default_cannot_break_loading(tmp_path, monkeypatch):
-    import inspect
+    import dataclasses
 
     import pushforward.registry as reg
 
     model = pf.build("realnvp", dim=2, hidden=(8,))
     assert model.config["hidden"] == (8,)
-    defaults = {k: p.default for k, p in inspect.signature(reg._BUILDERS["realnvp"]).parameters.items()
-                if p.default is not p.empty and k not in ("context_dim", "image_shape")}
+    defaults = reg.entry("realnvp").options()
     assert defaults and all(model.config[k] == v for k, v in defaults.items() if k != "hidden")
     pf.save(model, tmp_path / "m.pt")
     # A later version with another default for `transforms` must still rebuild the saved shape.
-    orig = reg._BUILDERS["realnvp"]
+    entry = reg.entry("realnvp")
+    orig = entry.factory
     t0 = model.config["transforms"]
 
     def changed(dim, context_dim=0, image_shape=None, *, transforms=t0 + 3, **kw):
         return orig(dim, context_dim, image_shape, transforms=transforms, **kw)
 
-    monkeypatch.setitem(reg._BUILDERS, "realnvp", changed)
+    monkeypatch.setitem(reg._REGISTRY, "realnvp", dataclasses.replace(entry, factory=changed))
     again = pf.load(tmp_path / "m.pt")
     x = torch.randn(5, 2)
     with torch.no_grad():

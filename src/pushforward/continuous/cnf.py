@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -141,13 +142,34 @@ def ode_log_prob(
     return lp, nfe, sign * ys[2][-1], sign * ys[3][-1]
 
 
-class ContinuousFlow(FlowModel):
-    """Base class of ODE-defined models: subclasses implement :meth:`velocity` (standardized units).
+@dataclass(frozen=True)
+class Field:
+    """The right-hand side of a model's ODE for one context: ``f(t, x) -> u_t(x)``.
 
-    Provides ``sample(n, steps=..., solver=...)``, ``log_prob(x, exact=True|False|None, ...)``,
-    :meth:`trajectory` and an ``nfe`` counter (function evaluations of the last solve).
-    Subclasses whose field allows a cheaper exact divergence than autograd override
-    :meth:`velocity_with_divergence`; ``log_prob`` then uses it.
+    Attributes:
+        velocity: ``(x [N, ...], t [] or [N]) -> u [N, ...]`` in the model's (standardized) units.
+        with_divergence: optional exact fast path ``(x, t) -> (u [N, ...], div u [N])`` without
+            autograd (e.g. the network's ``forward_with_divergence``); ``log_prob`` uses it.
+    """
+
+    velocity: Velocity
+    with_divergence: VelocityDivergence | None = None
+
+    def __call__(self, t: Tensor, x: Tensor) -> Tensor:
+        u = self.velocity(x, t)
+        _check_field(u, x)
+        return u
+
+
+class ContinuousFlow(FlowModel):
+    """Base class of ODE-defined models: one hook, :meth:`velocity_field`, gives the ODE for a context.
+
+    Sampling (``sample(n, steps=..., solver=...)``), likelihood (``log_prob(x, exact=True|False|
+    None, ...)``) and :meth:`trajectory` are written once here on top of :meth:`velocity_field`, with an
+    ``nfe`` counter (function evaluations of the last solve). A subclass implements
+    :meth:`velocity` (standardized units), or overrides :meth:`velocity_field` when the field takes options
+    (guidance) or work that is done once per context (a policy's observation prefix); a field
+    with a cheaper exact divergence than autograd sets ``Field.with_divergence``.
 
     The ODE runs over ``t_span = (t_start, t_end)``, by default ``(0, 1)``: sampling integrates
     from the base at ``t_start`` to ``t_end``, ``log_prob`` back from ``t_end`` to ``t_start``,
@@ -205,13 +227,17 @@ class ContinuousFlow(FlowModel):
     def _has_fast_divergence(self) -> bool:
         return type(self).velocity_with_divergence is not ContinuousFlow.velocity_with_divergence
 
-    def _field(self, context: Tensor | None):
-        def f(t: Tensor, x: Tensor) -> Tensor:
-            u = self.velocity(x, t, context)
-            _check_field(u, x)
-            return u
+    def velocity_field(self, context: Tensor | None = None) -> Field:
+        """The ODE's right-hand side for ``context`` ``[N, C]`` (or None): a :class:`Field`.
 
-        return f
+        Subclasses with options (e.g. ``guidance``) take them as keyword arguments; ``sample``,
+        ``log_prob`` and ``trajectory`` forward the extra keyword arguments they are given.
+        """
+        fast = None
+        if self._has_fast_divergence():
+            def fast(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+                return self.velocity_with_divergence(x, t, context)
+        return Field(lambda x, t: self.velocity(x, t, context), fast)
 
     def _solver_args(self, solver, steps, atol, rtol) -> dict:
         solver = solver or self.default_solver
@@ -224,26 +250,24 @@ class ContinuousFlow(FlowModel):
             "rtol": rtol if rtol is not None else self.default_rtol,
         }
 
-    def _sample(self, n, context, generator=None, steps=None, solver=None, atol=None, rtol=None, x0=None):
+    def _sample(self, n, context, generator=None, steps=None, solver=None, atol=None, rtol=None, x0=None,
+                **field_options):
         x0 = self.base.sample(n, context, generator) if x0 is None else x0
-        xs, self.nfe = odeint(self._field(context), x0, list(self.t_span), return_nfe=True,
+        xs, self.nfe = odeint(self.velocity_field(context, **field_options), x0, list(self.t_span), return_nfe=True,
                               **self._solver_args(solver, steps, atol, rtol))
         return xs[-1]
 
     def _log_prob(self, x, context=None, exact=None, steps=None, solver=None, atol=None, rtol=None,
-                  probe="rademacher", generator=None, adjoint=False, exact_method="auto"):
+                  probe="rademacher", generator=None, adjoint=False, exact_method="auto", **field_options):
         if exact is None:
             exact = x[0].numel() <= self.exact_max_dim
-        fast = None
-        if self._has_fast_divergence():
-            def fast(y, t):
-                return self.velocity_with_divergence(y, t, context)
+        f = self.velocity_field(context, **field_options)
         lp, self.nfe = ode_log_prob(
-            lambda y, t: self.velocity(y, t, context), x, lambda z: self.base.log_prob(z, context),
+            f.velocity, x, lambda z: self.base.log_prob(z, context),
             exact=exact, probe=probe, generator=generator, adjoint=adjoint,
             adjoint_params=tuple(self.parameters()) if adjoint else None,
-            exact_method=exact_method, velocity_divergence=fast, t0=self.t_span[0], t1=self.t_span[1],
-            **self._solver_args(solver, steps, atol, rtol),
+            exact_method=exact_method, velocity_divergence=f.with_divergence, t0=self.t_span[0],
+            t1=self.t_span[1], **self._solver_args(solver, steps, atol, rtol),
         )
         return lp
 
@@ -255,6 +279,7 @@ class ContinuousFlow(FlowModel):
         generator: torch.Generator | None = None,
         x0: Tensor | None = None,
         solver: str = "euler",
+        **field_options,
     ) -> Tensor:
         """States from noise (``t_start``, 0 by default) to data (``t_end``, 1 by default) in user
         units, on ``steps`` uniform steps: ``[steps + 1, n, *event_shape]``.
@@ -268,5 +293,6 @@ class ContinuousFlow(FlowModel):
             x0 = self.base.sample(n, context, generator)
         times = torch.linspace(*self.t_span, steps + 1, dtype=torch.float64).tolist()
         with torch.no_grad():
-            xs, self.nfe = odeint(self._field(context), x0, times, solver=solver, steps=steps, return_nfe=True)
+            xs, self.nfe = odeint(self.velocity_field(context, **field_options), x0, times, solver=solver, steps=steps,
+                                  return_nfe=True)
         return self.unstandardize(xs)
