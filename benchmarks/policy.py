@@ -22,19 +22,16 @@ import numpy as np
 import torch
 
 import pushforward as pf
+from pushforward.envs import TwoRouteEnv, TwoRouteExpert, relabel, two_route_metrics
 from pushforward.policy import (
     ChunkExecutor,
     DiffusionPolicy,
     FlowPolicy,
     ObsHistory,
     RegressionPolicy,
-    TwoRouteEnv,
-    TwoRouteExpert,
-    evaluate,
+    evaluate_policy,
     make_chunks,
-    relabel,
     rollout,
-    two_route_metrics,
 )
 
 ROOT = Path(__file__).resolve().parent
@@ -90,7 +87,7 @@ def tworoute(args) -> None:
     env = TwoRouteEnv()
     expert = TwoRouteExpert(seed=1)
     eps = [rollout(env, expert, seed=10_000 + i, max_steps=80) for i in range(200)]
-    expert_eval = evaluate(TwoRouteEnv, TwoRouteExpert(seed=2), episodes=args.episodes, seed=0, max_steps=80,
+    expert_eval = evaluate_policy(TwoRouteEnv, TwoRouteExpert(seed=2), episodes=args.episodes, seed=0, max_steps=80,
                            metrics=two_route_metrics)["mean"]
     actions, obs = make_chunks([(e["obs"][:-1], e["actions"]) for e in eps], horizon)
     print(f"two-route: {len(eps)} expert episodes, {len(actions)} chunks", flush=True)
@@ -107,7 +104,7 @@ def tworoute(args) -> None:
             variants.append(("DDIM (10 steps)", {"sampler": "ddim", "steps": 10}, 0))
         for vname, vkw, inpaint in variants:
             ex = ChunkExecutor(policy, execute=execute, inpaint=inpaint, generator=torch.Generator().manual_seed(0), **vkw)
-            res = evaluate(TwoRouteEnv, ex, episodes=args.episodes, seed=0, max_steps=80, metrics=two_route_metrics)
+            res = evaluate_policy(TwoRouteEnv, ex, episodes=args.episodes, seed=0, max_steps=80, metrics=two_route_metrics)
             m = res["mean"]
             committed = m["left"] + m["right"]
             m["mode_entropy_bits"] = _entropy(m["left"] / committed) if committed else 0.0
@@ -146,7 +143,7 @@ def _plot_tworoute(trajs: dict) -> None:
 
 # ============================================================================ PushT demos
 def collect(args) -> None:
-    from pushforward.policy.pusht import collect_demos
+    from pushforward.envs.pusht import collect_demos
 
     t = time.time()
     demos, stats = collect_demos(args.demos, seed=100_000, max_episodes=4 * args.demos, verbose=True,
@@ -184,15 +181,15 @@ VARIANTS = {"flow": [("flow (10 Euler)", {})], "mse": [("MSE regression", {})],
 
 def _pusht_score(policy, episodes: int, **act_kwargs) -> dict:
     """Mean max coverage and success over the seeded evaluation episodes 0..episodes-1."""
-    from pushforward.policy.pusht import make_env, pusht_metrics
+    from pushforward.envs.pusht import make_env, pusht_metrics
 
     ex = ChunkExecutor(policy, execute=EXECUTE, generator=torch.Generator().manual_seed(0), **act_kwargs)
-    m = evaluate(make_env, ObsHistory(ex, HIST), episodes=episodes, seed=0, max_steps=300, metrics=pusht_metrics)["mean"]
+    m = evaluate_policy(make_env, ObsHistory(ex, HIST), episodes=episodes, seed=0, max_steps=300, metrics=pusht_metrics)["mean"]
     return {"mean_max_coverage": m["max_coverage"], "success_rate": m["success"]}
 
 
 def pusht(args) -> None:
-    from pushforward.policy.pusht import OBS_DIM
+    from pushforward.envs.pusht import OBS_DIM
 
     horizon, execute, hist = HORIZON, EXECUTE, HIST
     demos = load_demos()
@@ -254,7 +251,7 @@ def dagger(args) -> None:
     seeds ``4000 + 1000 r ..``, disjoint from the evaluation seeds 0..49 and the demonstrations'
     100000...
     """
-    from pushforward.policy.pusht import PushTExpert, make_env, pusht_metrics
+    from pushforward.envs.pusht import PushTExpert, make_env, pusht_metrics
 
     horizon, execute, hist = HORIZON, EXECUTE, HIST
     demos = load_demos()
@@ -323,7 +320,7 @@ def dagger(args) -> None:
 def _pusht_gif(policy, hist: int, execute: int, seed: int = 0, tag: str = "") -> None:
     from PIL import Image
 
-    from pushforward.policy.pusht import make_env
+    from pushforward.envs.pusht import make_env
 
     env = make_env(visualization_width=192, visualization_height=192)
     ex = ObsHistory(ChunkExecutor(policy, execute=execute, generator=torch.Generator().manual_seed(0)), hist)

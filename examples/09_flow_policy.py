@@ -7,7 +7,7 @@ runs time the other way). Because it models the whole conditional *distribution*
 keeps distinct strategies apart where a regression policy (mean-squared error) averages them.
 
 1. Demonstrations from a scripted expert that passes an obstacle on the left or the right at
-   random (``pf.policy.TwoRouteEnv``). At the decision point the flow policy's chunks split
+   random (``pushforward.envs.TwoRouteEnv``). At the decision point the flow policy's chunks split
    into both routes; the regression policy's single answer heads into the obstacle.
 2. Chunk quality against the number of Euler steps (1, 2, 5, 10) from the same noise.
 3. Latency of ``policy.act`` per chunk, and closed-loop rollouts with a receding horizon.
@@ -29,16 +29,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import pushforward as pf  # noqa: E402
+from pushforward.envs import TwoRouteEnv, TwoRouteExpert, two_route_metrics  # noqa: E402
 from pushforward.policy import (  # noqa: E402
     ChunkExecutor,
     FlowPolicy,
     RegressionPolicy,
-    TwoRouteEnv,
-    TwoRouteExpert,
-    evaluate,
+    evaluate_policy,
     make_chunks,
     rollout,
-    two_route_metrics,
 )
 
 H = 8
@@ -129,9 +127,9 @@ def main(out_dir: str = "tutorial_out/09", budget: float = 1.0) -> dict:
                 ts.append(time.perf_counter() - t1)
             latency[k] = 1e3 * float(np.median(ts))
     n_eval = 10 if budget < 0.5 else 40
-    res_flow = evaluate(TwoRouteEnv, ChunkExecutor(flow, execute=4, steps=10), episodes=n_eval, seed=100,
+    res_flow = evaluate_policy(TwoRouteEnv, ChunkExecutor(flow, execute=4, steps=10), episodes=n_eval, seed=100,
                         max_steps=80, metrics=two_route_metrics)["mean"]
-    res_reg = evaluate(TwoRouteEnv, ChunkExecutor(reg, execute=4), episodes=n_eval, seed=100, max_steps=80,
+    res_reg = evaluate_policy(TwoRouteEnv, ChunkExecutor(reg, execute=4), episodes=n_eval, seed=100, max_steps=80,
                        metrics=two_route_metrics)["mean"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(list(latency), list(latency.values()), "o-")

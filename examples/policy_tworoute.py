@@ -11,16 +11,8 @@ import sys
 import torch
 
 import pushforward as pf
-from pushforward.policy import (
-    ChunkExecutor,
-    FlowPolicy,
-    TwoRouteEnv,
-    TwoRouteExpert,
-    evaluate,
-    make_chunks,
-    rollout,
-    two_route_metrics,
-)
+from pushforward.envs import TwoRouteEnv, TwoRouteExpert, two_route_metrics
+from pushforward.policy import ChunkExecutor, FlowPolicy, evaluate_policy, make_chunks, rollout
 
 seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
 torch.set_num_threads(1)
@@ -38,5 +30,5 @@ pf.fit(policy, torch.tensor(actions, dtype=torch.float32), context=torch.tensor(
 
 # 3. Receding horizon: execute 4 of the 8 actions, then re-plan with 10 Euler steps.
 controller = ChunkExecutor(policy, execute=4, steps=10)
-res = evaluate(TwoRouteEnv, controller, episodes=50, seed=0, max_steps=80, metrics=two_route_metrics)
+res = evaluate_policy(TwoRouteEnv, controller, episodes=50, seed=0, max_steps=80, metrics=two_route_metrics)
 print({k: round(v, 3) for k, v in res["mean"].items()})

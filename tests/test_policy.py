@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import pushforward as pf
+from pushforward._utils import column_stats
+from pushforward.envs import TwoRouteEnv, TwoRouteExpert, two_route_metrics
 from pushforward.policy import (
     ChunkExecutor,
     DiffusionPolicy,
@@ -13,15 +15,11 @@ from pushforward.policy import (
     HierarchicalFlowPolicy,
     ObsHistory,
     RegressionPolicy,
-    TwoRouteEnv,
-    TwoRouteExpert,
-    column_stats,
     cosine_alpha_bar,
-    evaluate,
+    evaluate_policy,
     make_chunks,
     pooled_stats,
     rollout,
-    two_route_metrics,
 )
 
 OBS, A, H = 5, 2, 8
@@ -261,7 +259,7 @@ def test_make_chunks_and_history():
 
 
 def test_two_route_expert_is_bimodal_and_straight_line_collides():
-    res = evaluate(TwoRouteEnv, TwoRouteExpert(seed=0), episodes=40, seed=0, max_steps=80, metrics=two_route_metrics)
+    res = evaluate_policy(TwoRouteEnv, TwoRouteExpert(seed=0), episodes=40, seed=0, max_steps=80, metrics=two_route_metrics)
     m = res["mean"]
     assert m["success"] == 1.0 and m["collision"] == 0.0 and m["switches"] == 0.0
     assert 0.3 <= m["left"] <= 0.7 and m["left"] + m["right"] == 1.0

@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("gym_pusht", reason="gym-pusht not installed (pip install 'pushforward[policy]')")
 
+from pushforward.envs.pusht import OBS_DIM, PushTExpert, make_env, pusht_metrics  # noqa: E402
 from pushforward.policy import ObsHistory, make_chunks, rollout  # noqa: E402
-from pushforward.policy.pusht import OBS_DIM, PushTExpert, make_env, pusht_metrics  # noqa: E402
 
 
 def test_flat_observation_and_metrics():
@@ -47,7 +47,7 @@ def test_expert_improves_coverage_and_chunks_build():
 
 
 def test_vectorised_coverage_and_keypoints_match_the_environment():
-    from pushforward.policy.pusht import coverage, keypoint_distance
+    from pushforward.envs.pusht import coverage, keypoint_distance
 
     env = make_env()
     u = env.unwrapped
@@ -107,7 +107,7 @@ def test_expert_chunk_is_what_the_expert_does_and_leaves_the_state():
 
 
 def test_relabel_collects_expert_chunks_on_the_learners_states():
-    from pushforward.policy import relabel
+    from pushforward.envs import relabel
 
     env = make_env()
     ex = PushTExpert(env)

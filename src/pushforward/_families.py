@@ -9,6 +9,6 @@ for _mod in (
     "pushforward.builders.continuous",
     "pushforward.builders.score",
     "pushforward.builders.matching",
-    "pushforward.builders.policy",
+    "pushforward.policy",
 ):
     importlib.import_module(_mod)

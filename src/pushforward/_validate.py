@@ -61,3 +61,19 @@ def check_context(context: Tensor | None, context_dim: int, n: int | None) -> Te
         rows = "N" if n is None else str(n)
         raise ValueError(f"context must have shape [{rows}, {context_dim}], got {list(context.shape)}")
     return check_finite(context, "context")
+
+
+def check_int_range(value: int, name: str, low: int = 1, high: int | None = None, *, high_text: str = "") -> int:
+    """Return ``value`` if it is an integer in ``[low, high]`` (``high=None``: unbounded), else raise.
+
+    The error names ``value`` and the range: "a positive integer" (``low=1``), "a non-negative
+    integer" (``low=0``), "an integer >= low", or "an integer in [low, high_text or high]".
+    """
+    ok = not isinstance(value, bool) and isinstance(value, int) and value >= low and (high is None or value <= high)
+    if ok:
+        return value
+    if high is not None:
+        want = f"an integer in [{low}, {high_text or high}]"
+    else:
+        want = {1: "a positive integer", 0: "a non-negative integer"}.get(low, f"an integer >= {low}")
+    raise ValueError(f"{name} must be {want}, got {value!r}")

@@ -1,4 +1,4 @@
-"""Flow-matching action policies, pi0-style (Black et al. 2024), with baselines and benchmarks.
+"""Flow-matching action policies, pi0-style (Black et al. 2024), with baselines and rollouts.
 
 >>> import pushforward as pf
 >>> policy = pf.policy.FlowPolicy(obs_dim=18, action_dim=2, horizon=16)     # doctest: +SKIP
@@ -8,16 +8,21 @@ torch.Size([1, 16, 2])
 
 Time convention: t = 0 is noise, t = 1 is the action chunk (pi0's code runs t = 1 -> 0).
 Actions and observations are normalised per dimension inside the policy: ``act`` takes and
-returns raw units. :mod:`pushforward.policy.pusht` (needs ``gym-pusht``) holds the PushT
-wrappers and scripted expert.
+returns raw units. The environments, scripted experts and DAgger data collection used to
+benchmark the policies live in :mod:`pushforward.envs`.
+
+Registered names (``pf.build(name, dim=A, context_dim=O, horizon=H)``): ``flow-policy``,
+``hierarchical-flow-policy``, ``regression-policy``, ``diffusion-policy``. ``dim`` is the action
+dimension A and ``context_dim`` the observation size O, plus 1 for the task id when
+``num_tasks > 0``; ``horizon`` (default 16) is the chunk length H.
 """
 
-from pushforward.policy.base import ChunkPolicyMixin, column_stats, pooled_stats
+from pushforward.policy.base import ChunkPolicyMixin, pooled_stats
 from pushforward.policy.baselines import DiffusionPolicy, RegressionPolicy, cosine_alpha_bar
-from pushforward.policy.envs import TwoRouteEnv, TwoRouteExpert, two_route_metrics
-from pushforward.policy.execution import ChunkExecutor, ObsHistory, evaluate, make_chunks, relabel, rollout
+from pushforward.policy.execution import ChunkExecutor, ObsHistory, evaluate_policy, make_chunks, rollout
 from pushforward.policy.flow import FlowPolicy, HierarchicalFlowPolicy
 from pushforward.policy.nets import ActionMLP, ActionTransformer, ObsEncoder
+from pushforward.registry import register
 
 __all__ = [
     "ActionMLP",
@@ -30,14 +35,34 @@ __all__ = [
     "ObsEncoder",
     "ObsHistory",
     "RegressionPolicy",
-    "TwoRouteEnv",
-    "TwoRouteExpert",
-    "column_stats",
     "cosine_alpha_bar",
-    "evaluate",
+    "evaluate_policy",
     "make_chunks",
     "pooled_stats",
-    "relabel",
     "rollout",
-    "two_route_metrics",
 ]
+
+
+def _inputs(name: str):
+    """``build``'s input adapter for policy ``name``: ``{"obs_dim", "action_dim"}`` from
+    ``context_dim`` (the observation, plus the task-id column when ``num_tasks > 0``) and ``dim``."""
+
+    def inputs(dim: int, context_dim: int, image_shape: tuple | None, options: dict) -> dict:
+        num_tasks = options.get("num_tasks", 0)
+        obs_dim = context_dim - (1 if num_tasks else 0)
+        if obs_dim < 1:
+            raise ValueError(f"{name} needs context_dim = obs_dim{' + 1 (task id)' if num_tasks else ''} >= "
+                             f"{2 if num_tasks else 1}, got context_dim={context_dim}")
+        return {"obs_dim": obs_dim, "action_dim": dim}
+
+    return inputs
+
+
+for _name, _cls, _description in (
+    ("flow-policy", FlowPolicy, "pi0-style flow-matching policy over action chunks [horizon, dim] given observations"),
+    ("hierarchical-flow-policy", HierarchicalFlowPolicy,
+     "coarse-to-fine flow policy: sub-sampled chunk, then the full chunk"),
+    ("regression-policy", RegressionPolicy, "baseline: mean-squared-error regression of the action chunk"),
+    ("diffusion-policy", DiffusionPolicy, "baseline: DDPM diffusion policy over action chunks (Chi et al. 2023)"),
+):
+    register(_name, _cls, _description, preset={"horizon": 16}, inputs=_inputs(_name))

@@ -12,13 +12,16 @@ the task id is an integer stored as a float.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pushforward._validate import check_dim, check_finite
+from pushforward._utils import column_stats, to_tensor
+from pushforward._validate import check_dim, check_finite, check_int_range
+from pushforward.policy.nets import NETS
 
 
 def pooled_stats(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -35,12 +38,25 @@ def pooled_stats(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     return m, torch.where(s > 1e-12 * (1 + m.abs()), s, torch.ones_like(s))
 
 
-def column_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-column mean and std ``[N, ..., D] -> [D], [D]`` (constant columns get scale 1)."""
-    x = x.double().reshape(-1, x.shape[-1])
-    m = x.mean(0)
-    s = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(m)
-    return m, torch.where(s > 1e-12 * (1 + m.abs()), s, torch.ones_like(s))
+def net_options(net: str, **options: Any) -> dict:
+    """The options given (not ``None``) for the action network ``NETS[net]``, checked.
+
+    ``None`` means "the network's own default" (the two networks differ: the transformer is
+    128 wide with a 64-d time embedding, the MLP 256 wide with 32), so a policy's signature can
+    list every option once for both. An option given that the network does not take raises.
+
+    >>> net_options("mlp", width=None, depth=2, heads=None)
+    {'depth': 2}
+    """
+    if net not in NETS:
+        raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
+    params = inspect.signature(NETS[net]).parameters
+    given = {k: v for k, v in options.items() if v is not None}
+    wrong = [k for k in given if k not in params]
+    if wrong:
+        takes = [k for k in params if k not in ("obs_dim", "action_dim", "horizon", "num_tasks")]
+        raise TypeError(f"net={net!r} does not take option(s) {wrong}; it takes {takes}")
+    return given
 
 
 class ChunkPolicyMixin:
@@ -56,8 +72,7 @@ class ChunkPolicyMixin:
         check_dim(obs_dim, "obs_dim")
         check_dim(action_dim, "action_dim")
         check_dim(horizon, "horizon")
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 0:
-            raise ValueError(f"num_tasks must be a non-negative integer, got {num_tasks!r}")
+        check_int_range(num_tasks, "num_tasks", 0)
         self.obs_dim, self.action_dim, self.horizon, self.num_tasks = obs_dim, action_dim, horizon, num_tasks
         self.register_buffer("obs_loc", torch.zeros(obs_dim))
         self.register_buffer("obs_scale", torch.ones(obs_dim))
@@ -128,19 +143,7 @@ class ChunkPolicyMixin:
         return obs, task.long()
 
     def _tensor(self, a: Any, name: str) -> Tensor:
-        ref = self.data_loc
-        if isinstance(a, np.ndarray):
-            if a.dtype.kind not in "biuf":
-                raise TypeError(f"{name} must be numeric, got dtype {a.dtype}")
-            return torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
-        if isinstance(a, Tensor):
-            if not (a.is_floating_point() or a.dtype in (torch.int32, torch.int64)):
-                raise TypeError(f"{name} must be real, got {a.dtype}")
-            return a.to(device=ref.device, dtype=ref.dtype)
-        try:
-            return torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"{name} must be a tensor or array, got {type(a).__name__}") from e
+        return to_tensor(a, name, dtype=self.data_loc.dtype, device=self.data_loc.device)
 
     def _obs_context(self, obs: Any, task: Any = None) -> Tensor:
         """Checked raw observation (+ task) -> context ``[B, C]``."""
@@ -206,5 +209,13 @@ class ChunkPolicyMixin:
         raise NotImplementedError
 
     def _policy_config(self, name: str, **options: Any) -> dict:
+        """The ``pf.build`` config that recreates this policy (``pf.save``/``pf.load``).
+
+        Every option default of the class registered as ``name`` is recorded, as ``build``
+        records them, then overridden by the values this policy was constructed with.
+        """
+        from pushforward.registry import entry
+
+        defaults = entry(name).options(supplied=("obs_dim", "action_dim"))
         return {"name": name, "dim": self.action_dim, "context_dim": self.context_dim, "image_shape": None,
-                "horizon": self.horizon, "num_tasks": self.num_tasks, **options}
+                **defaults, "horizon": self.horizon, "num_tasks": self.num_tasks, **options}

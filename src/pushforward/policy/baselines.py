@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from pushforward._validate import check_int_range
 from pushforward.models import FlowModel
-from pushforward.policy.base import ChunkPolicyMixin
-from pushforward.policy.nets import NETS, make_net
+from pushforward.policy.base import ChunkPolicyMixin, net_options
+from pushforward.policy.nets import make_net
 
 
 class RegressionPolicy(ChunkPolicyMixin, FlowModel):
@@ -26,6 +26,16 @@ class RegressionPolicy(ChunkPolicyMixin, FlowModel):
     The action expert is fed a zero chunk at time 1 (no noise), so the baseline differs from
     :class:`~pushforward.policy.FlowPolicy` only in its objective, ``mean ||A_hat - A||^2``.
     ``sample``/``act`` return the prediction (``n`` identical rows per context).
+
+    Args:
+        obs_dim: observation size O. action_dim: A. horizon: H (chunk length).
+        num_tasks: > 0 adds a task embedding; the task id is the last context column.
+        net: ``"transformer"`` (default) or ``"mlp"``, as for :class:`~pushforward.policy.FlowPolicy`.
+        width, depth, heads, obs_tokens, time_embed: options of the network (``None``: its
+            default; ``heads``/``obs_tokens`` only for the transformer), see
+            :class:`~pushforward.policy.nets.ActionTransformer` / ``ActionMLP``.
+
+    Shapes: ``loss(actions [N, H, A], context [N, C])``; ``act(obs [B, O]) -> [B, H, A]``.
     """
 
     default_batch_size = 256
@@ -33,13 +43,13 @@ class RegressionPolicy(ChunkPolicyMixin, FlowModel):
     default_ema = 0.999
 
     def __init__(self, obs_dim: int, action_dim: int, horizon: int, *, num_tasks: int = 0,
-                 net: str = "transformer", **net_options: Any):
+                 net: str = "transformer", width: int | None = None, depth: int | None = None,
+                 heads: int | None = None, obs_tokens: int | None = None, time_embed: int | None = None):
         FlowModel.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0))
         self._init_policy(obs_dim, action_dim, horizon, num_tasks)
-        if net not in NETS:
-            raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
-        self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **net_options)
-        self.config = self._policy_config("regression-policy", net=net, **net_options)
+        opts = net_options(net, width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
+        self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **opts)
+        self.config = self._policy_config("regression-policy", net=net, **opts)
 
     def _predict(self, obs: Tensor, task: Tensor | None) -> Tensor:
         x = obs.new_zeros(obs.shape[0], *self.event_shape)
@@ -60,6 +70,12 @@ class RegressionPolicy(ChunkPolicyMixin, FlowModel):
 
     def _log_prob(self, x, context=None, **_):
         raise NotImplementedError("a regression policy is not a density")
+
+
+def _check_sampler(sampler: str) -> str:
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    return sampler
 
 
 def cosine_alpha_bar(k: int, s: float = 0.008) -> Tensor:
@@ -87,6 +103,12 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
     are z-scores, default 5). Without it the first steps of the squared-cosine schedule
     (``alpha_bar_{K-1} ~ 1e-7``) divide the noise-prediction error by ``sqrt(alpha_bar)`` and
     10-step DDIM falls apart (measured on TwoRoute: 1 % success unclipped).
+
+    Args:
+        obs_dim, action_dim, horizon, num_tasks, net, width, depth, heads, obs_tokens,
+            time_embed: as for :class:`RegressionPolicy`.
+        diffusion_steps: K >= 2 (Diffusion Policy: 100). sampler: ``"ddpm"`` or ``"ddim"``.
+        steps: DDIM steps, in ``[1, K]``. clip: bound of the predicted clean chunk (``None``: off).
     """
 
     default_batch_size = 256
@@ -95,20 +117,18 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
 
     def __init__(self, obs_dim: int, action_dim: int, horizon: int, *, num_tasks: int = 0,
                  net: str = "transformer", diffusion_steps: int = 100, sampler: str = "ddpm",
-                 steps: int = 10, clip: float | None = 5.0, **net_options: Any):
+                 steps: int = 10, clip: float | None = 5.0, width: int | None = None, depth: int | None = None,
+                 heads: int | None = None, obs_tokens: int | None = None, time_embed: int | None = None):
         FlowModel.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0))
         self._init_policy(obs_dim, action_dim, horizon, num_tasks)
-        if net not in NETS:
-            raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
-        if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, int) or diffusion_steps < 2:
-            raise ValueError(f"diffusion_steps must be an integer >= 2, got {diffusion_steps!r}")
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-        self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **net_options)
+        opts = net_options(net, width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
+        check_int_range(diffusion_steps, "diffusion_steps", 2)
+        _check_sampler(sampler)
+        self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **opts)
         self.K, self.sampler, self.steps, self.clip = diffusion_steps, sampler, steps, clip
         self.register_buffer("alpha_bar", cosine_alpha_bar(diffusion_steps).float(), persistent=False)
         self.config = self._policy_config("diffusion-policy", net=net, diffusion_steps=diffusion_steps,
-                                          sampler=sampler, steps=steps, clip=clip, **net_options)
+                                          sampler=sampler, steps=steps, clip=clip, **opts)
 
     def _tau(self, k: Tensor | int, ref: Tensor) -> Tensor:
         k = torch.as_tensor(k, device=ref.device)
@@ -128,9 +148,7 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
 
     def _denoise(self, obs: Tensor, task: Tensor | None, generator, sampler: str | None = None,
                  steps: int | None = None) -> Tensor:
-        sampler = sampler or self.sampler
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        sampler = _check_sampler(sampler or self.sampler)
         cache = self.net.encode(obs, task)  # the observation is encoded once, as for the flow
         abar = self.alpha_bar.to(obs)
         x = torch.randn((obs.shape[0], *self.event_shape), generator=generator, device=obs.device, dtype=obs.dtype)
@@ -147,9 +165,7 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
                 else:
                     x = mean
             return x
-        n = self.steps if steps is None else steps
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.K:
-            raise ValueError(f"DDIM steps must be an integer in [1, {self.K}], got {n!r}")
+        n = check_int_range(self.steps if steps is None else steps, "DDIM steps", 1, self.K)
         ks = torch.linspace(self.K - 1, 0, n).round().long().tolist()
         for i, k in enumerate(ks):
             ab = abar[k]

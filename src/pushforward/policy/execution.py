@@ -1,4 +1,4 @@
-"""Receding-horizon execution of chunk policies, rollouts and demonstration chunking.
+"""Receding-horizon execution of chunk policies, rollouts, evaluation and demonstration chunking.
 
 Environments follow Gymnasium's API: ``reset(seed=) -> (obs, info)`` and
 ``step(action) -> (obs, reward, terminated, truncated, info)``.
@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pushforward._validate import check_int_range
 
 
 class ChunkExecutor:
@@ -30,10 +32,8 @@ class ChunkExecutor:
                  generator: torch.Generator | None = None, **act_kwargs: Any):
         h = policy.horizon
         execute = h if execute is None else execute
-        if isinstance(execute, bool) or not isinstance(execute, int) or not 1 <= execute <= h:
-            raise ValueError(f"execute must be an integer in [1, horizon={h}], got {execute!r}")
-        if isinstance(inpaint, bool) or not isinstance(inpaint, int) or not 0 <= inpaint <= h - execute:
-            raise ValueError(f"inpaint must be an integer in [0, horizon - execute = {h - execute}], got {inpaint!r}")
+        check_int_range(execute, "execute", 1, h, high_text=f"horizon={h}")
+        check_int_range(inpaint, "inpaint", 0, h - execute, high_text=f"horizon - execute = {h - execute}")
         self.policy, self.execute, self.inpaint, self.task = policy, execute, inpaint, task
         self.generator, self.act_kwargs = generator, act_kwargs
         self.plan_times: list[float] = []
@@ -98,75 +98,27 @@ def rollout(env: Any, controller: Callable[[np.ndarray], np.ndarray], seed: int 
     return out
 
 
-def evaluate(make_env: Callable[[], Any], controller: Callable[[np.ndarray], np.ndarray], episodes: int = 50,
-             seed: int = 0, max_steps: int = 300,
-             metrics: Callable[[dict], dict] | None = None) -> dict:
+def episode_metrics(ep: dict) -> dict:
+    """Default per-episode metrics of a :func:`rollout` dict: ``{"return", "success"}``
+    (success = the episode terminated)."""
+    return {"return": float(ep["rewards"].sum()), "success": float(ep["terminated"])}
+
+
+def evaluate_policy(make_env: Callable[[], Any], controller: Callable[[np.ndarray], np.ndarray],
+                    episodes: int = 50, seed: int = 0, max_steps: int = 300,
+                    metrics: Callable[[dict], dict] | None = None) -> dict:
     """Roll out ``episodes`` seeded episodes (seeds ``seed .. seed + episodes - 1``).
 
+    (Named apart from :func:`pushforward.evaluate`, which scores a density model on data.)
+
     Returns ``{"episodes": [per-episode metric dicts], "mean": {metric: mean}}``; per-episode
-    metrics come from ``metrics(rollout_dict)`` (default: return and success = terminated).
+    metrics come from ``metrics(rollout_dict)`` (default :func:`episode_metrics`).
     """
     env = make_env()
-    rows = []
-    for i in range(episodes):
-        ep = rollout(env, controller, seed=seed + i, max_steps=max_steps)
-        row = metrics(ep) if metrics else {"return": float(ep["rewards"].sum()), "success": float(ep["terminated"])}
-        rows.append(row)
+    metrics = metrics or episode_metrics
+    rows = [metrics(rollout(env, controller, seed=seed + i, max_steps=max_steps)) for i in range(episodes)]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
     return {"episodes": rows, "mean": mean}
-
-
-class _Labelling:
-    """Controller wrapper of :func:`relabel`: records the stacked observation and the labeler's
-    chunk every ``every`` steps, then lets the wrapped controller act."""
-
-    def __init__(self, controller: Callable, env: Any, labeler: Callable, every: int, k: int):
-        self.controller, self.env, self.labeler, self.every = controller, env, labeler, every
-        self.stack = ObsHistory(lambda stacked: stacked, k)  # the same stacking as make_chunks
-        self.obs: list[np.ndarray] = []
-        self.actions: list[np.ndarray] = []
-
-    def reset(self) -> None:
-        self.t = 0
-        self.stack.reset()
-        if hasattr(self.controller, "reset"):
-            self.controller.reset()
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        stacked = self.stack(obs)
-        if self.t % self.every == 0:
-            self.obs.append(stacked)
-            self.actions.append(np.asarray(self.labeler(self.env), np.float64))
-        self.t += 1
-        return self.controller(obs)
-
-
-def relabel(env: Any, controller: Callable[[np.ndarray], np.ndarray], labeler: Callable[[Any], np.ndarray],
-            episodes: int, seed: int = 0, every: int = 1, obs_history: int = 1, max_steps: int = 300,
-            metrics: Callable[[dict], dict] | None = None) -> dict:
-    """DAgger data (Ross et al. 2011): roll out ``controller`` and label the states it visits.
-
-    Every ``every`` control steps of each seeded episode (seeds ``seed ..``), before the
-    controller acts, ``labeler(env)`` gives the expert's chunk ``[H, A]`` from the current state
-    (e.g. :meth:`pushforward.policy.pusht.PushTExpert.chunk`; it must leave ``env`` as it was).
-    The controller takes one observation ``[O]`` per step (wrap a chunk policy in
-    :class:`ChunkExecutor` and :class:`ObsHistory`); the recorded observations are stacked as
-    in :func:`make_chunks`, so the result extends a demonstration set directly.
-
-    Returns:
-        ``{"actions": [N, H, A], "obs": [N, obs_history * O], "episodes": [per-episode metrics]}``.
-    """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"every must be a positive integer, got {every!r}")
-    wrapper = _Labelling(controller, env, labeler, every, obs_history)
-    rows = []
-    for i in range(episodes):
-        ep = rollout(env, wrapper, seed=seed + i, max_steps=max_steps)
-        rows.append(metrics(ep) if metrics else {"return": float(ep["rewards"].sum()),
-                                                 "success": float(ep["terminated"])})
-    if not wrapper.actions:
-        raise ValueError("relabel recorded no states (episodes = 0?)")
-    return {"actions": np.stack(wrapper.actions), "obs": np.stack(wrapper.obs), "episodes": rows}
 
 
 def make_chunks(episodes: Sequence[tuple[np.ndarray, np.ndarray]], horizon: int,

@@ -10,7 +10,8 @@ The expert (:class:`PushTExpert`) is a push planner on the environment's own phy
 decision it simulates candidate pushes (contact point on the T's outline x push length) from
 a saved copy of the state, picks the one that most reduces the distance between the T's
 keypoints and the goal's (minus a small travel cost), walks around the block to the
-pre-contact point, and pushes. Its success rate is measured, not assumed.
+pre-contact point, and pushes. Its measured success rate and the policies trained on its
+demonstrations are in docs/policy.md.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from pushforward._validate import check_int_range
+from pushforward.policy.execution import rollout
+
 try:
     import gym_pusht  # noqa: F401  (registers the environment)
     import gymnasium as gym
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("pushforward.policy.pusht needs gym-pusht: pip install 'pushforward[policy]'") from e
+    raise ImportError("pushforward.envs.pusht needs gym-pusht: pip install 'pushforward[policy]'") from e
 
 OBS_DIM, ACTION_DIM = 18, 2
 SUCCESS_COVERAGE = 0.95
@@ -263,8 +267,7 @@ class PushTExpert:
         physics, which is then restored, as is the expert's own plan: the environment is left
         exactly as it was. This labels states that a learner visits (DAgger, Ross et al. 2011).
         """
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        check_int_range(horizon, "horizon")
         saved, memory = self._save(), (list(self.plan), self.pre, self.walking, self.t)
         self.reset()
         actions = []
@@ -292,8 +295,6 @@ class PushTExpert:
 
 def _collect(n_success: int, seed: int, max_episodes: int, max_steps: int, verbose: bool, on_demo: Any = None,
              tag: str = "") -> tuple[list, list]:
-    from pushforward.policy.execution import rollout
-
     env = make_env()
     expert = PushTExpert(env)
     demos, rows, i = [], [], 0
