@@ -177,6 +177,50 @@ def test_built_policy_matches_constructor():
         HierarchicalFlowPolicy(OBS, A, H, stride=3)
 
 
+POLICY_NAMES = ("flow-policy", "hierarchical-flow-policy", "regression-policy", "diffusion-policy")
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_config_records_every_default_so_a_changed_default_cannot_change_a_reload(name, tmp_path, monkeypatch, gen):
+    import dataclasses
+
+    import pushforward.registry as reg
+
+    e = reg.entry(name)
+    extra = {"stride": 2} if name.startswith("hierarchical") else {}
+    p = pf.build(name, A, context_dim=OBS, horizon=4, **extra, **SMALL)
+    assert all(k in p.config for k in e.options()) and p.config["horizon"] == 4
+    direct = type(p)(OBS, A, 4, **extra, **SMALL)
+    assert direct.config == p.config  # constructed directly: the same record as build's
+    pf.save(p, tmp_path / "p.pt")
+
+    def changed(obs_dim, action_dim, horizon, **kw):  # a later version defaulting to the MLP
+        return e.factory(obs_dim, action_dim, horizon, **{"net": "mlp", **kw})
+
+    monkeypatch.setitem(reg._REGISTRY, name, dataclasses.replace(e, factory=changed))
+    q = pf.load(tmp_path / "p.pt")
+    obs = torch.randn(2, OBS, generator=gen)
+    torch.testing.assert_close(q.act(obs, generator=torch.Generator().manual_seed(0)),
+                               p.act(obs, generator=torch.Generator().manual_seed(0)), rtol=0, atol=0)
+
+
+def test_baselines_take_only_their_networks_options():
+    with pytest.raises(TypeError, match="heads"):
+        RegressionPolicy(OBS, A, H, net="mlp", heads=2)
+    with pytest.raises(TypeError, match="option"):
+        pf.build("diffusion-policy", A, context_dim=OBS, no_such_option=1)
+    with pytest.raises(ValueError, match="net must be one of"):
+        DiffusionPolicy(OBS, A, H, net="cnn")
+
+
+def test_envs_import_without_gym_pusht():
+    import subprocess
+    import sys
+
+    code = "import sys, pushforward.envs; assert 'gym_pusht' not in sys.modules and 'gymnasium' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_bad_observations_raise():
     p = FlowPolicy(OBS, A, H, **SMALL)
     with pytest.raises(ValueError, match=r"obs_dim=5"):

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pushforward._utils import column_stats, to_tensor
 from pushforward._validate import check_dim, check_finite, check_int_range
+from pushforward.registry import entry
 from pushforward.policy.nets import NETS
 
 
@@ -214,8 +215,6 @@ class ChunkPolicyMixin:
         Every option default of the class registered as ``name`` is recorded, as ``build``
         records them, then overridden by the values this policy was constructed with.
         """
-        from pushforward.registry import entry
-
         defaults = entry(name).options(supplied=("obs_dim", "action_dim"))
         return {"name": name, "dim": self.action_dim, "context_dim": self.context_dim, "image_shape": None,
                 **defaults, "horizon": self.horizon, "num_tasks": self.num_tasks, **options}
