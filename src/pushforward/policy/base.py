@@ -21,8 +21,8 @@ from torch import Tensor
 
 from pushforward._utils import column_stats, to_tensor
 from pushforward._validate import check_dim, check_finite, check_int_range
-from pushforward.registry import entry
 from pushforward.policy.nets import NETS
+from pushforward.registry import entry
 
 
 def pooled_stats(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
