@@ -66,3 +66,4 @@ for _name, _cls, _description in (
     ("diffusion-policy", DiffusionPolicy, "baseline: DDPM diffusion policy over action chunks (Chi et al. 2023)"),
 ):
     register(_name, _cls, _description, preset={"horizon": 16}, inputs=_inputs(_name))
+del _name, _cls, _description
