@@ -237,42 +237,20 @@ def build_model(cfg: dict, ds):
     return pf.build(cfg["model"], context_dim=context_dim, **shape, **options)
 
 
-def _run_dir_default(model: str, data: str) -> Path:
-    stem = Path(str(data)).stem if any(c in str(data) for c in "/\\.") else str(data)
-    base = Path("runs") / f"{model}-{stem}"
-    out, i = base, 2
-    while out.exists():
-        out, i = Path(f"{base}-{i}"), i + 1
-    return out
-
-
 def _require_run(run: str) -> Path:
-    d = Path(run)
-    if not d.exists():
-        raise FileNotFoundError(f"no run directory at {run!r}")
-    if not d.is_dir():
-        raise NotADirectoryError(f"{run!r} is not a run directory")
-    return d
+    from pushforward.train import RunDir
+
+    return RunDir.existing(run).path
 
 
 def _load_run_model(run: str, device: Any = None):
     """The run's final model (``model.pt``), else its last checkpoint; or a model file."""
     import pushforward as pf
-
-    p = Path(run)
-    if p.is_file():
-        return pf.load(p, map_location=device or "cpu")
-    d = _require_run(run)
-    for name in ("model.pt", "best.pt", "last.pt"):
-        if (d / name).is_file():
-            return pf.load(d / name, map_location=device or "cpu")
-    raise FileNotFoundError(f"{run!r} holds no model.pt, best.pt or last.pt")
-
-
-def _read_run_config(d: Path) -> dict:
     from pushforward.train import RunDir
 
-    return RunDir(d).read_config()
+    if Path(run).is_file():
+        return pf.load(run, map_location=device or "cpu")
+    return RunDir.existing(run).load_model(device)
 
 
 def _summary_line(h, run: Path) -> str:
@@ -310,10 +288,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = resolve_train_config(args)
     ddp.init_from_env(device=None if cfg["device"] in (None, "auto") else cfg["device"])
-    path = Path(args.out) if args.out else (Path(cfg["out"]) if cfg.get("out") else _run_dir_default(cfg["model"], cfg["data"]))
-    run = RunDir(path, main=ddp.is_main_process())
+    main = ddp.is_main_process()
+    out = args.out or cfg.get("out")
+    run = RunDir(out, main) if out else RunDir.fresh(cfg["model"], cfg["data"], main)
     if run.has_run() and not args.overwrite:
-        raise CLIError(f"{str(path)!r} already holds a run; use `pushforward resume {path}` or --overwrite")
+        raise CLIError(f"{str(run.path)!r} already holds a run; use `pushforward resume {run.path}` or --overwrite")
     ds = load_data(cfg["data"], cfg["context"], cfg["n"], cfg["seed"])
     model = build_model(cfg, ds)
     resolved = {
@@ -326,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     budget = ", ".join(f"{k}={cfg['fit'][k]}" for k in ("max_time", "steps", "epochs") if cfg["fit"].get(k) is not None) or "max_time=60"
     _say(f"training {cfg['model']} ({n_params:,} parameters) on {ds.name or cfg['data']} {list(ds.x.shape)} "
-         f"[{budget}] -> {path}")
+         f"[{budget}] -> {run.path}")
     return _fit_and_save(model, ds, cfg, run, None, dict(cfg["fit"]))
 
 
@@ -334,7 +313,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from pushforward import distributed as ddp
     from pushforward.train import RunDir, load_checkpoint
 
-    run = RunDir(_require_run(args.dir), main=ddp.is_main_process())
+    run = RunDir.existing(args.dir, main=ddp.is_main_process())
     cfg = run.read_config()
     ckpt = load_checkpoint(run.path)
     if args.device is not None:
@@ -342,18 +321,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     ddp.init_from_env(device=None if cfg.get("device") in (None, "auto") else cfg["device"])
     data = args.data or cfg["data"]
     ds = load_data(data, cfg.get("context"), cfg.get("n"), cfg.get("seed", 0))
-    fit_opts = dict(cfg.get("fit", {}))
-    for k in ("max_time", "steps", "epochs"):
-        fit_opts.pop(k, None)
-    if args.steps is not None or args.max_time is not None:
-        fit_opts["steps"] = args.steps
-        fit_opts["max_time"] = args.max_time
-    else:
-        # Continue to the original budget: the remaining steps, or the remaining time.
-        fit_opts.update(run.remaining_budget(ckpt))
-        if (fit_opts.get("steps") or 0) <= 0 and (fit_opts.get("max_time") or 0) <= 0:
-            raise CLIError(f"{str(run.path)!r} already finished its budget (step {ckpt['step']}); "
-                           "give --steps N or --max-time S to train more")
+    fit_opts = run.resume_options(cfg, ckpt, args.steps, args.max_time)
     from pushforward.models import load_from_payload
 
     model = load_from_payload(ckpt["model"])

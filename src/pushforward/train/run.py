@@ -49,6 +49,30 @@ class RunDir:
     def __init__(self, path: str | os.PathLike, main: bool = True):
         self.path, self.main = Path(path), main
 
+    @classmethod
+    def fresh(cls, model: str, data: str, main: bool = True) -> RunDir:
+        """``runs/MODEL-DATA`` (the data's file stem), or ``-2``, ``-3``... when that exists."""
+        stem = Path(str(data)).stem if any(c in str(data) for c in "/\\.") else str(data)
+        base = Path("runs") / f"{model}-{stem}"
+        out, i = base, 2
+        while out.exists():
+            out, i = Path(f"{base}-{i}"), i + 1
+        return cls(out, main)
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike, main: bool = True) -> RunDir:
+        """An existing run directory.
+
+        Raises:
+            FileNotFoundError, NotADirectoryError: naming ``path``.
+        """
+        d = Path(path)
+        if not d.exists():
+            raise FileNotFoundError(f"no run directory at {str(path)!r}")
+        if not d.is_dir():
+            raise NotADirectoryError(f"{str(path)!r} is not a run directory")
+        return cls(d, main)
+
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
@@ -119,17 +143,35 @@ class RunDir:
             raise FileNotFoundError(f"{str(self.path)!r} has no config.json (is it a pushforward run directory?)")
         return json.loads(f.read_text())
 
-    def remaining_budget(self, checkpoint: dict) -> dict:
-        """The ``fit`` budget left of the run's planned one (``config.json``'s ``fit``) after
-        ``checkpoint``: ``{"steps": N, "max_time": None}`` or ``{"steps": None, "max_time": S}``;
-        non-positive values mean the budget is spent.
+    def load_model(self, device: Any = None) -> nn.Module:
+        """The final model (``model.pt``), else the best or last checkpoint's."""
+        from pushforward.models import load
+
+        for name in (MODEL, BEST, LAST):
+            if (self.path / name).is_file():
+                return load(self.path / name, map_location=device or "cpu")
+        raise FileNotFoundError(f"{str(self.path)!r} holds no model.pt, best.pt or last.pt")
+
+    def resume_options(self, config: dict, checkpoint: dict, steps: int | None = None,
+                       max_time: float | None = None) -> dict:
+        """The ``fit`` options that continue this run from ``checkpoint``: ``config``'s
+        (``config.json``'s ``"fit"``) with the budget given, or else what is left of the planned
+        one: the remaining steps, or the remaining time.
 
         Raises:
-            ValueError: the run had an epoch budget (its remainder is not a step count).
+            ValueError: the planned budget is spent, or was an epoch budget (no step count left).
         """
-        planned = self.read_config().get("fit", {})
+        planned = config.get("fit", {})
+        opts = {k: v for k, v in planned.items() if k not in ("max_time", "steps", "epochs")}
+        if steps is not None or max_time is not None:
+            return {**opts, "steps": steps, "max_time": max_time}
         if planned.get("steps"):
-            return {"steps": planned["steps"] - int(checkpoint["step"]), "max_time": None}
-        if planned.get("epochs"):
+            left = {"steps": planned["steps"] - int(checkpoint["step"]), "max_time": None}
+        elif planned.get("epochs"):
             raise ValueError("this run had an epoch budget; give --steps or --max-time to resume it")
-        return {"steps": None, "max_time": float(planned.get("max_time") or 60) - float(checkpoint["elapsed"])}
+        else:
+            left = {"max_time": float(planned.get("max_time") or 60) - float(checkpoint["elapsed"])}
+        if (left.get("steps") or 0) <= 0 and (left.get("max_time") or 0) <= 0:
+            raise ValueError(f"{str(self.path)!r} already finished its budget (step {checkpoint['step']}); "
+                             "give --steps N or --max-time S to train more")
+        return {**opts, **left}
