@@ -82,7 +82,7 @@ def fit(
         batch_size: global batch size (default ``model.default_batch_size`` or 256).
         lr: peak learning rate (default ``model.default_lr`` or 1e-3).
         optimizer: ``"adam"`` or ``"adamw"`` (``weight_decay > 0`` with Adam means AdamW).
-        schedule: ``"constant"``, ``"cosine"`` (default) or ``"onecycle"``; see module doc.
+        schedule: ``"constant"``, ``"cosine"`` (default) or ``"onecycle"``; see :mod:`pushforward.train.schedule`.
         warmup: linear warm-up: int steps or a fraction of the budget (default 0.02;
             ``onecycle``'s rising fraction, default 0.3).
         clip_grad: max global gradient norm (None: no clipping).
