@@ -82,6 +82,34 @@ def test_two_processes_match_one(tmp_path):
     assert h.steps == 8
 
 
+def _checkpoint_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from test_train import TinyFlow
+
+    try:
+        pf.fit(TinyFlow(), _data(), out_dir=out, device="cpu", steps=7, batch_size=64, checkpoint_every=2, log_every=1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_step_cadence_checkpoints_keep_ranks_in_step(tmp_path):
+    # Every rank takes part in each checkpoint (its RNG state is gathered), so every rank must
+    # keep the cadence: a rank that did not would wait forever in a gather of its own.
+    ctx = mp.spawn(_checkpoint_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("DDP workers did not finish in time")
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["step"] == 7 and len(ckpt["rng"]) == 2
+
+
 def test_loss_module_routes_through_loss():
     from pushforward.distributed import LossModule, wrap
     from test_train import TinyFlow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -12,7 +13,16 @@ import torch
 from torch import nn
 
 import pushforward as pf
-from pushforward.train import EMA, History, TrainingDivergedError, load_checkpoint, lr_factor
+from pushforward.train import (
+    EMA,
+    FitConfig,
+    History,
+    RunDir,
+    TrainingDivergedError,
+    load_checkpoint,
+    lr_factor,
+)
+from pushforward.train.control import StopRule
 
 
 class TinyFlow(pf.FlowModel):
@@ -395,3 +405,52 @@ def test_ema_helper():
     assert torch.equal(m.weight, before)
     with pytest.raises(ValueError, match="decay"):
         EMA(m, 1.5)
+
+
+# --------------------------------------------------------------------------- collaborators
+def test_fit_config_takes_model_defaults_and_keeps_user_values_on_resume():
+    import inspect
+
+    options = {k: p.default for k, p in inspect.signature(pf.fit).parameters.items()
+               if k not in ("model", "data", "context")}
+    m = TinyFlow()
+    m.default_batch_size, m.default_lr, m.default_ema = 77, 2e-3, 0.5
+    cfg = FitConfig.resolve(m, options)
+    assert (cfg.batch_size, cfg.lr, cfg.ema, cfg.schedule, cfg.warmup) == (77, 2e-3, 0.5, "cosine", 0.02)
+    assert (cfg.checkpoint_steps, cfg.checkpoint_secs) == (None, 60.0)
+    resumed = cfg.continuing({"batch_size": 12, "lr": 0.1})
+    assert (resumed.batch_size, resumed.lr) == (12, 0.1)
+    mine = FitConfig.resolve(m, {**options, "batch_size": 5}).continuing({"batch_size": 12, "lr": 0.1})
+    assert (mine.batch_size, mine.lr) == (5, 0.1)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        FitConfig.resolve(m, {**options, "checkpoint_every": "often"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0
+
+
+def test_stop_rule_budgets_and_requests():
+    rule = StopRule(start=10, steps=5, epochs=2, steps_per_epoch=2, elapsed_before=3.0, max_time=1.0, patience=2)
+    assert rule.horizon_steps == 14 and rule.horizon_time is None
+    assert rule.spent(13, 3.5) is None and rule.spent(14, 3.5) == "epochs" and rule.spent(13, 4.0) == "max_time"
+    assert rule.requested(2, True) == "early_stopping" and rule.requested(1, True) == "callback"
+    with pytest.raises(ValueError, match="known length"):
+        StopRule(0, None, 1, None, 0.0, None, None)
+
+
+def test_run_dir_resume_budget(tmp_path):
+    run = RunDir(tmp_path)
+    run.write_config({"fit": {"steps": 20, "lr": 1e-3}})
+    cfg = run.read_config()
+    assert run.resume_options(cfg, {"step": 8, "elapsed": 1.0}) == {"lr": 1e-3, "steps": 12, "max_time": None}
+    assert run.resume_options(cfg, {"step": 20, "elapsed": 1.0}, steps=3) == {"lr": 1e-3, "steps": 3, "max_time": None}
+    with pytest.raises(ValueError, match="already finished"):
+        run.resume_options(cfg, {"step": 20, "elapsed": 1.0})
+    timed = {"fit": {"max_time": 30}}
+    assert run.resume_options(timed, {"step": 8, "elapsed": 10.0}) == {"max_time": 20.0}
+    with pytest.raises(ValueError, match="epoch budget"):
+        run.resume_options({"fit": {"epochs": 3}}, {"step": 8, "elapsed": 1.0})
+    assert not RunDir(tmp_path, main=False).has_run()
+    RunDir(tmp_path / "other", main=False).write_config({})  # other ranks write nothing
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        RunDir.existing(tmp_path / "missing")

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import runpy
 import sys
 import time
@@ -238,43 +237,20 @@ def build_model(cfg: dict, ds):
     return pf.build(cfg["model"], context_dim=context_dim, **shape, **options)
 
 
-def _run_dir_default(model: str, data: str) -> Path:
-    stem = Path(str(data)).stem if any(c in str(data) for c in "/\\.") else str(data)
-    base = Path("runs") / f"{model}-{stem}"
-    out, i = base, 2
-    while out.exists():
-        out, i = Path(f"{base}-{i}"), i + 1
-    return out
-
-
 def _require_run(run: str) -> Path:
-    d = Path(run)
-    if not d.exists():
-        raise FileNotFoundError(f"no run directory at {run!r}")
-    if not d.is_dir():
-        raise NotADirectoryError(f"{run!r} is not a run directory")
-    return d
+    from pushforward.train import RunDir
+
+    return RunDir.existing(run).path
 
 
 def _load_run_model(run: str, device: Any = None):
     """The run's final model (``model.pt``), else its last checkpoint; or a model file."""
     import pushforward as pf
+    from pushforward.train import RunDir
 
-    p = Path(run)
-    if p.is_file():
-        return pf.load(p, map_location=device or "cpu")
-    d = _require_run(run)
-    for name in ("model.pt", "best.pt", "last.pt"):
-        if (d / name).is_file():
-            return pf.load(d / name, map_location=device or "cpu")
-    raise FileNotFoundError(f"{run!r} holds no model.pt, best.pt or last.pt")
-
-
-def _read_run_config(d: Path) -> dict:
-    f = d / "config.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{str(d)!r} has no config.json (is it a pushforward run directory?)")
-    return json.loads(f.read_text())
+    if Path(run).is_file():
+        return pf.load(run, map_location=device or "cpu")
+    return RunDir.existing(run).load_model(device)
 
 
 def _summary_line(h, run: Path) -> str:
@@ -284,33 +260,22 @@ def _summary_line(h, run: Path) -> str:
             f"model in {run / 'model.pt'}")
 
 
-def _json_clean(obj: Any) -> Any:
-    """NaN/inf -> null, so the files are strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_clean(v) for v in obj]
-    return obj
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_clean(obj), indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    from pushforward.train.run import write_json
+
+    write_json(path, obj)
 
 
-def _fit_and_save(model, ds, cfg: dict, run: Path, resume: Path | None, fit_opts: dict) -> int:
+def _fit_and_save(model, ds, cfg: dict, run, resume: Path | None, fit_opts: dict) -> int:
+    """Train into the :class:`~pushforward.train.RunDir` ``run``, then write its model and history."""
     import pushforward as pf
     from pushforward import distributed as ddp
 
     dev = _device(cfg.get("device"))
-    hist = pf.fit(model, ds.x, ds.context, out_dir=run, resume=resume, seed=cfg["seed"], device=dev, **fit_opts)
-    if ddp.is_main_process():
-        pf.save(model, run / "model.pt")
-        _write_json(run / "history.json", dict(hist))
-    _say(_summary_line(hist, run))
+    hist = pf.fit(model, ds.x, ds.context, out_dir=run.path, resume=resume, seed=cfg["seed"], device=dev, **fit_opts)
+    run.save_model(model)
+    run.write_history(hist)
+    _say(_summary_line(hist, run.path))
     ddp.barrier()
     return EXIT_INTERRUPTED if hist.stopped_reason == "interrupted" else 0
 
@@ -319,12 +284,15 @@ def _fit_and_save(model, ds, cfg: dict, run: Path, resume: Path | None, fit_opts
 def cmd_train(args: argparse.Namespace) -> int:
     import pushforward as pf
     from pushforward import distributed as ddp
+    from pushforward.train import RunDir
 
     cfg = resolve_train_config(args)
     ddp.init_from_env(device=None if cfg["device"] in (None, "auto") else cfg["device"])
-    run = Path(args.out) if args.out else (Path(cfg["out"]) if cfg.get("out") else _run_dir_default(cfg["model"], cfg["data"]))
-    if (run / "last.pt").exists() and not args.overwrite:
-        raise CLIError(f"{str(run)!r} already holds a run; use `pushforward resume {run}` or --overwrite")
+    main = ddp.is_main_process()
+    out = args.out or cfg.get("out")
+    run = RunDir(out, main) if out else RunDir.fresh(cfg["model"], cfg["data"], main)
+    if run.has_run() and not args.overwrite:
+        raise CLIError(f"{str(run.path)!r} already holds a run; use `pushforward resume {run.path}` or --overwrite")
     ds = load_data(cfg["data"], cfg["context"], cfg["n"], cfg["seed"])
     model = build_model(cfg, ds)
     resolved = {
@@ -333,52 +301,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         "fit": cfg["fit"], "pushforward_version": pf.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    if ddp.is_main_process():
-        run.mkdir(parents=True, exist_ok=True)
-        _write_json(run / "config.json", resolved)
+    run.write_config(resolved)
     n_params = sum(p.numel() for p in model.parameters())
     budget = ", ".join(f"{k}={cfg['fit'][k]}" for k in ("max_time", "steps", "epochs") if cfg["fit"].get(k) is not None) or "max_time=60"
     _say(f"training {cfg['model']} ({n_params:,} parameters) on {ds.name or cfg['data']} {list(ds.x.shape)} "
-         f"[{budget}] -> {run}")
+         f"[{budget}] -> {run.path}")
     return _fit_and_save(model, ds, cfg, run, None, dict(cfg["fit"]))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from pushforward import distributed as ddp
-    from pushforward.train import load_checkpoint
+    from pushforward.train import RunDir, load_checkpoint
 
-    run = _require_run(args.dir)
-    cfg = _read_run_config(run)
-    ckpt = load_checkpoint(run)
+    run = RunDir.existing(args.dir, main=ddp.is_main_process())
+    cfg = run.read_config()
+    ckpt = load_checkpoint(run.path)
     if args.device is not None:
         cfg["device"] = args.device
     ddp.init_from_env(device=None if cfg.get("device") in (None, "auto") else cfg["device"])
     data = args.data or cfg["data"]
     ds = load_data(data, cfg.get("context"), cfg.get("n"), cfg.get("seed", 0))
-    fit_opts = dict(cfg.get("fit", {}))
-    for k in ("max_time", "steps", "epochs"):
-        fit_opts.pop(k, None)
-    if args.steps is not None or args.max_time is not None:
-        fit_opts["steps"] = args.steps
-        fit_opts["max_time"] = args.max_time
-    else:
-        # Continue to the original budget: the remaining steps, or the remaining time.
-        planned = cfg.get("fit", {})
-        done = int(ckpt["step"])
-        if planned.get("steps"):
-            fit_opts["steps"] = planned["steps"] - done
-            fit_opts["max_time"] = None
-        elif planned.get("epochs"):
-            raise CLIError("this run had an epoch budget; give --steps or --max-time to resume it")
-        else:
-            fit_opts["max_time"] = float(planned.get("max_time") or 60) - float(ckpt["elapsed"])
-        if (fit_opts.get("steps") or 0) <= 0 and (fit_opts.get("max_time") or 0) <= 0:
-            raise CLIError(f"{str(run)!r} already finished its budget (step {done}); give --steps N or --max-time S to train more")
+    fit_opts = run.resume_options(cfg, ckpt, args.steps, args.max_time)
     from pushforward.models import load_from_payload
 
     model = load_from_payload(ckpt["model"])
-    _say(f"resuming {cfg.get('model', 'model')} from step {ckpt['step']} in {run}")
-    return _fit_and_save(model, ds, cfg, run, run, fit_opts)
+    _say(f"resuming {cfg.get('model', 'model')} from step {ckpt['step']} in {run.path}")
+    return _fit_and_save(model, ds, cfg, run, run.path, fit_opts)
 
 
 def _context_arg(spec: str | None, n: int, model):
@@ -467,7 +415,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if ds.context is not None:
         ds.context = ds.context.to(dev)
     res = metrics.evaluate(model, ds, n_samples=args.n_samples, seed=args.seed)
-    line = json.dumps(_json_clean(res), allow_nan=False)
+    from pushforward._utils import json_safe
+
+    line = json.dumps(json_safe(res), allow_nan=False)
     if run is not None:
         _write_json(run / "eval.json", res)
     print(line)
@@ -556,12 +506,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import pushforward as pf
     from pushforward import metrics
+    from pushforward.train import RunDir
 
     out = Path(args.out)
-    if (out / "last.pt").exists():
-        # A demo folder is disposable: start over rather than refuse.
-        for name in ("last.pt", "best.pt", "model.pt", "metrics.jsonl"):
-            (out / name).unlink(missing_ok=True)
+    run = RunDir(out)
+    if run.has_run():
+        run.clear()  # a demo folder is disposable: start over rather than refuse
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     ds = load_data(args.data, None, 10_000, args.seed)
@@ -569,10 +519,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = {"model": args.model, "options": {}, "dim": int(ds.x.shape[1]), "context_dim": 0, "image_shape": None,
            "data": args.data, "context": None, "n": 10_000, "seed": args.seed, "device": None,
            "fit": {"max_time": args.max_time}, "pushforward_version": pf.__version__}
-    _write_json(out / "config.json", cfg)
+    run.write_config(cfg)
     print(f"demo: training {args.model} on {args.data} for {args.max_time:g} s (CPU is fine) ...", flush=True)
     hist = pf.fit(model, ds.x, max_time=args.max_time, out_dir=out, seed=args.seed, device=_device(args.device))
-    pf.save(model, out / "model.pt")
+    run.save_model(model)
     model.eval()
     test = load_data(args.data, None, 5000, args.seed + 1)
     res = metrics.evaluate(model, test, n_samples=2000, seed=args.seed)

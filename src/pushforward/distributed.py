@@ -15,6 +15,7 @@ whose ``forward`` calls ``model.loss`` and which DDP wraps.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from typing import Any
 
@@ -95,6 +96,20 @@ def init_from_env(backend: str | None = None, device: str | torch.device | None 
     return True
 
 
+def setup(distributed: bool | None = None, device: str | torch.device | None = None) -> bool:
+    """Whether :func:`pushforward.fit` trains with DDP, joining torchrun's group if needed.
+
+    ``distributed=None`` is automatic: yes when a group of more than one process exists or
+    torchrun's ``WORLD_SIZE > 1``; ``True``/``False`` force it (False ignores an existing group).
+    """
+    want = distributed
+    if want is None:
+        want = is_initialized() and get_world_size() > 1 or env_world_size() > 1
+    if want:
+        init_from_env(device=device)
+    return bool(want) and is_initialized() and get_world_size() > 1
+
+
 def cleanup() -> None:
     """Destroy the default process group if one exists."""
     if is_initialized():
@@ -150,3 +165,50 @@ def wrap(model: nn.Module, device: torch.device, find_unused_parameters: bool = 
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+class StepSync:
+    """The reductions of one training step across ranks; identities in a single process.
+
+    Every decision the loop takes (stop, evaluate, checkpoint, diverge) reads only values that
+    pass through here, so every rank takes it at the same step.
+
+    Args:
+        enabled: whether a DDP group is in use.
+        world: number of processes.
+        main: whether this is rank 0, whose clock is the run's clock.
+    """
+
+    def __init__(self, enabled: bool = False, world: int = 1, main: bool = True):
+        self.enabled, self.world, self.main = enabled, world, main
+
+    def step(self, loss: Tensor, rows: int, global_rows: int, elapsed: float) -> tuple[Tensor, float, bool, float]:
+        """``(loss to backpropagate, global-batch mean loss, finite on every rank, elapsed)``.
+
+        ``loss`` is this rank's mean over its ``rows`` of the ``global_rows`` batch. DDP averages
+        gradients over ranks; scaling by the shard's share makes that average the gradient of the
+        global-batch mean even for uneven shards. ``elapsed`` becomes rank 0's clock.
+        """
+        local = loss.detach()
+        if not self.enabled:
+            value = float(local)
+            return loss, value, math.isfinite(value), elapsed
+        w = rows / global_rows
+        stats = torch.stack([
+            torch.where(torch.isfinite(local), local * w, torch.zeros_like(local)).double(),
+            (~torch.isfinite(local)).double(),
+            local.new_tensor(elapsed if self.main else 0.0, dtype=torch.float64),
+        ])
+        all_reduce_sum(stats)
+        return loss * (rows * self.world / global_rows), float(stats[0]), float(stats[1]) == 0, float(stats[2])
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on some rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return all_reduce_sum(t).item() > 0
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``[obj_rank0, obj_rank1, ...]`` (``[obj]`` in a single process)."""
+        return all_gather_object(obj) if self.enabled else [obj]

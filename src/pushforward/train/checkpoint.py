@@ -1,0 +1,91 @@
+"""Training checkpoints: the format, reading one back, and when and how the loop writes them.
+
+A checkpoint (``last.pt``) is a dict with ``"format": "pushforward-checkpoint"``, the raw
+training weights (``train_state``), the EMA, optimizer and grad-scaler states, the schedule, the
+step and elapsed time, the data position, the loss window, every rank's RNG state, the history,
+the best evaluation, the ``fit`` options and ``model`` (the evaluation weights as a payload
+:func:`pushforward.load` reads). Everything is captured at a step boundary, which is what makes
+"N steps + resume M" bit-equal to "N + M".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pushforward.models import model_payload
+from pushforward.train.run import LAST, RunDir
+from pushforward.train.state import EMA, swapped_in
+
+CHECKPOINT_FORMAT = "pushforward-checkpoint"
+
+
+def _resolve_checkpoint(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / LAST
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(p)!r}")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a training checkpoint (``last.pt``/``best.pt`` or a run directory)."""
+    p = _resolve_checkpoint(path)
+    ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(p)!r} is not a pushforward training checkpoint")
+    return ckpt
+
+
+class Checkpointer:
+    """Writes ``last.pt`` every ``steps`` optimizer steps or ``secs`` seconds, and ``best.pt``.
+
+    Every rank calls :meth:`save` at the same steps (the RNG states are gathered from all of
+    them); only the main one writes. Without a run directory nothing is written.
+
+    Args:
+        run: the run directory, or None.
+        model, ema: the model (and its EMA): ``"model"`` in ``last.pt`` holds the EMA weights.
+        steps, secs: the cadence (either may be None; both None: only at the end).
+        gather: ``gather(obj) -> [obj_rank0, ...]``, the ranks' RNG states.
+        step, elapsed: where the run starts (a resumed run's last checkpoint).
+    """
+
+    def __init__(self, run: RunDir | None, model: nn.Module, ema: EMA | None, steps: int | None,
+                 secs: float | None, gather: Callable[[Any], list], step: int, elapsed: float):
+        self.run, self.model, self.ema = run, model, ema
+        self.steps, self.secs, self.gather = steps, secs, gather
+        self.last_step, self.last_time = step, elapsed
+
+    def due(self, step: int, elapsed: float) -> bool:
+        """Whether the cadence asks for a checkpoint at this step boundary."""
+        return self.run is not None and step > self.last_step and (
+            bool(self.steps and step - self.last_step >= self.steps)
+            or (self.secs is not None and elapsed - self.last_time >= self.secs))
+
+    def save(self, build: Callable[[list], dict], rng: dict, step: int, elapsed: float,
+             gather: bool = True) -> None:
+        """Write ``build(rng_states)`` plus the loadable ``"model"`` as ``last.pt``;
+        ``gather=False`` when the other ranks cannot take part (an interrupt): this rank's
+        state alone is kept."""
+        if self.run is None:
+            return
+        rngs = self.gather(rng) if gather else [rng]
+        if self.run.main:
+            ckpt = build(rngs)
+            # The payload references the live parameters: write it while the EMA is swapped in.
+            with swapped_in(self.ema, self.model):
+                ckpt["model"] = model_payload(self.model)
+                self.run.save_checkpoint(ckpt)
+        self.last_step, self.last_time = step, elapsed
+
+    def save_best(self, best: dict) -> None:
+        """``best.pt`` from the best evaluated weights ``best["state"]``."""
+        if self.run is not None:
+            self.run.save_best(self.model, best, CHECKPOINT_FORMAT + "-best")

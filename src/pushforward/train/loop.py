@@ -1,0 +1,427 @@
+"""The training loop: :func:`fit` resolves a :class:`~pushforward.train.config.FitConfig`, builds
+the data and the collaborators, and runs one step after another until a budget is spent."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pushforward import distributed as ddp
+from pushforward._utils import module_device, module_dtype
+from pushforward.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer, load_checkpoint
+from pushforward.train.config import FitConfig
+from pushforward.train.control import Evaluator, Precision, Rollback, StopRule
+from pushforward.train.data import make_data
+from pushforward.train.run import LAST, RunDir
+from pushforward.train.schedule import LRSchedule
+from pushforward.train.sinks import make_sinks
+from pushforward.train.state import (
+    EMA,
+    History,
+    TrainingDivergedError,
+    cuda_devices,
+    rng_state,
+    set_rng_state,
+)
+
+
+def fit(
+    model: nn.Module,
+    data: Any,
+    context: Any = None,
+    *,
+    max_time: float | None = 60,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    schedule: str | None = None,
+    warmup: float | int | None = None,
+    clip_grad: float | None = 10.0,
+    ema: float | None | str = "auto",
+    amp: bool | str = False,
+    gradient_checkpointing: bool = False,
+    val_fraction: float | None = None,
+    val_data: Any = None,
+    patience: int | None = None,
+    eval_every: int | None = None,
+    standardize: bool | None = None,
+    seed: int | None = 0,
+    device: str | torch.device | None = None,
+    out_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | float | str | None = "60s",
+    resume: str | os.PathLike | None = None,
+    log_every: int | None = None,
+    callback: Callable[[int, dict], Any] | None = None,
+    progress: bool | None = None,
+    tensorboard: bool | None = None,
+    distributed: bool | None = None,
+) -> History:
+    """Train ``model`` on ``data`` by minimising ``model.loss`` with Adam/AdamW.
+
+    Args:
+        model: a :class:`pushforward.FlowModel` (anything with ``loss(x, context)`` works).
+        data: ``Tensor``/``ndarray`` ``[N, *event_shape]``; a map-style ``Dataset`` or a
+            ``DataLoader`` whose items are ``x`` or ``(x, context)``; an object with ``.x``
+            (and ``.context``) such as :func:`pushforward.data.load`'s result; or a callable
+            ``n -> batch`` (a simulator: fresh data every step, no epochs).
+        context: ``[N, C]`` conditioning for tensor data (else taken from the items).
+        max_time, steps, epochs: budgets for this call; the first to run out stops training.
+        batch_size: global batch size (default ``model.default_batch_size`` or 256).
+        lr: peak learning rate (default ``model.default_lr`` or 1e-3).
+        optimizer: ``"adam"`` or ``"adamw"`` (``weight_decay > 0`` with Adam means AdamW).
+        schedule: ``"constant"``, ``"cosine"`` (default) or ``"onecycle"``; see :mod:`pushforward.train.schedule`.
+        warmup: linear warm-up: int steps or a fraction of the budget (default 0.02;
+            ``onecycle``'s rising fraction, default 0.3).
+        clip_grad: max global gradient norm (None: no clipping).
+        ema: EMA decay of the weights (e.g. 0.999) or None; ``"auto"`` takes
+            ``model.default_ema``. Evaluation uses the EMA weights and the model holds them at
+            the end; checkpoints keep both.
+        amp: mixed precision: True (bf16 autocast where supported, else fp16 with a gradient
+            scaler on CUDA), ``"bf16"`` or ``"fp16"``.
+        gradient_checkpointing: set ``model.gradient_checkpointing = True`` (warns if the model
+            has no such switch).
+        val_fraction: held-out fraction (default 0.1 for tensor data with N >= 100, else 0).
+        val_data: explicit validation data (tensor, or ``(x, context)``) instead of a split.
+        patience: stop after this many evaluations without improvement (None: never). With
+            validation the model ends with the best evaluated weights.
+        eval_every: evaluate every this many steps (default: 10 times per step budget, or
+            every tenth of ``max_time``).
+        standardize: fold per-dimension standardization into the model (default
+            ``model.standardize_by_default``); stats from the training data (or a draw of
+            10 000 for simulators/loaders), set before training, never on resume.
+        seed: seeds data order, validation split and the model's own randomness.
+        device: default: the model's device.
+        out_dir: writes ``last.pt``, ``best.pt``, ``metrics.jsonl`` (and TensorBoard events).
+        checkpoint_every: an int counts steps; a float or ``"60s"`` counts seconds; None only
+            at the end. A checkpoint is also written on KeyboardInterrupt.
+        resume: checkpoint file or run directory to continue from.
+        log_every: record the mean loss every this many steps (default from the budget).
+        callback: ``callback(step, metrics)`` at every log; returning True stops training.
+        progress: tqdm bar (default: only when stderr is a terminal).
+        tensorboard: write TensorBoard events to ``out_dir/tensorboard`` (default: when the
+            ``tensorboard`` package is installed and ``out_dir`` is given).
+        distributed: use DDP (default: when launched by torchrun with WORLD_SIZE > 1).
+
+    Returns:
+        A :class:`History`.
+
+    Raises:
+        ValueError: bad data (NaN/inf, wrong shape, context mismatch) or options.
+        TrainingDivergedError: the loss became NaN/inf; the model is restored to the last good
+            weights and the last good checkpoint is kept.
+    """
+    options = {k: v for k, v in locals().items() if k not in ("model", "data", "context")}
+    return _Trainer(model, FitConfig.resolve(model, options)).run(data, context)
+
+
+class _Diverged(Exception):
+    """Raised inside a step; :class:`TrainingDivergedError` is what the caller sees."""
+
+
+class _Trainer:
+    """One :func:`fit` call: setup, then :meth:`_loop`; the state lives here between steps."""
+
+    def __init__(self, model: nn.Module, config: FitConfig):
+        self.model, self.config = model, config
+        self.step, self.elapsed_before, self.elapsed = 0, 0.0, 0.0
+        self.history, self.win_sum, self.win_n = History(), 0.0, 0
+
+    def run(self, data: Any, context: Any) -> History:
+        """Train inside a forked random state, so the caller's streams are left as they were."""
+        cfg = self.config
+        self.dist = ddp.setup(cfg.distributed, cfg.device)
+        self.rank = ddp.get_rank() if self.dist else 0
+        self.world = ddp.get_world_size() if self.dist else 1
+        self.main = self.rank == 0
+        self.sync = ddp.StepSync(self.dist, self.world, self.main)
+        self._place()
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=cuda_devices(self.device)):
+                torch.manual_seed(cfg.seed + self.rank)
+                np.random.seed((cfg.seed + self.rank) % 2**32)
+                random.seed(cfg.seed + self.rank)
+                self._setup(data, context)
+                return self._loop()
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+    # ------------------------------------------------------------------ setup
+    def _place(self) -> None:
+        dev = self.config.device
+        if dev is None:
+            nccl = self.dist and torch.distributed.get_backend() == "nccl"
+            dev = ddp.default_device() if nccl else module_device(self.model)
+        self.device = torch.device(dev)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.model.to(self.device)
+        self.dtype = module_dtype(self.model)
+
+    def _setup(self, data: Any, context: Any) -> None:
+        """Resume, data, model initialisation, optimizer, then the loop's collaborators."""
+        model, resuming = self.model, self.config.resume is not None
+        ckpt = self._load_resume() if resuming else None
+        cfg = self.config  # a resumed run continues its checkpoint's batch size and lr
+        self.data = make_data(data, context, model, batch_size=cfg.batch_size, seed=cfg.seed,
+                              val_fraction=cfg.val_fraction, val_data=cfg.val_data, epochs=cfg.epochs,
+                              stats=cfg.standardize and not resuming, resuming=resuming, rank=self.rank,
+                              world=self.world, device=self.device, dtype=self.dtype)
+        self._prepare_model(resuming)
+        self.precision = Precision(cfg.amp, self.device)
+        model.train()
+        self.loss_fn = model.loss
+        if self.dist:
+            self.loss_fn = ddp.wrap(model, self.device, find_unused_parameters=self._unused_parameters())
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters")
+        adamw = cfg.optimizer == "adamw" or cfg.weight_decay > 0
+        self.opt = (torch.optim.AdamW if adamw else torch.optim.Adam)(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(model, cfg.ema) if cfg.ema is not None else None
+        if ckpt is not None:
+            self._restore(ckpt)
+        self._plan(ckpt["best"] if ckpt is not None else None)
+
+    def _load_resume(self) -> dict:
+        path = self.config.resume
+        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(ckpt["train_state"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise ValueError(f"checkpoint {str(path)!r} does not fit this model: {' '.join(first[:3])}") from None
+        self.step, self.elapsed_before = int(ckpt["step"]), float(ckpt["elapsed"])
+        self.history = History(ckpt["history"])
+        self.config = self.config.continuing(ckpt.get("fit", {}))
+        return ckpt
+
+    def _restore(self, ckpt: dict) -> None:
+        """Optimizer, EMA, scaler, data position, loss window and RNG of a checkpoint."""
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.precision.load_state_dict(ckpt.get("scaler"))
+        self.data.source.load_state(ckpt["data"])
+        self.win_sum, self.win_n = ckpt.get("window", (0.0, 0))
+        rngs = ckpt.get("rng") or []
+        # Another world size re-seeds the other ranks; rank 0 continues its own stream.
+        if len(rngs) == self.world:
+            set_rng_state(rngs[self.rank], self.device)
+        elif rngs and self.rank == 0:
+            set_rng_state(rngs[0], self.device)
+
+    def _prepare_model(self, resuming: bool) -> None:
+        """Gradient checkpointing; on a fresh run, standardization and data-dependent init."""
+        m, cfg = self.model, self.config
+        if cfg.gradient_checkpointing:
+            if hasattr(m, "gradient_checkpointing"):
+                m.gradient_checkpointing = True
+            else:
+                warnings.warn(f"{type(m).__name__} does not support gradient checkpointing; ignoring it", stacklevel=5)
+        xb, cb = self.data.first
+        xb = xb.to(self.device, self.dtype)
+        cb = None if cb is None else cb.to(self.device, self.dtype)
+        if not resuming:
+            if cfg.standardize:
+                loc, scale = self.data.stats
+                m.set_standardization(loc.to(self.dtype), scale.to(self.dtype))
+            if hasattr(m, "initialize"):
+                m.initialize(xb, cb)
+        self.probe = (xb[:64], None if cb is None else cb[:64])
+        self.data.first = self.data.stats = None  # free memory
+
+    def _unused_parameters(self) -> bool:
+        """Whether some trainable parameter gets no gradient from the loss (one probe step).
+
+        DDP must know (``find_unused_parameters``); the extra graph traversal it costs is
+        paid only by models that need it.
+        """
+        with torch.random.fork_rng(devices=cuda_devices(self.device)):
+            self.model.loss(*self.probe).backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        unused = any(p.grad is None for p in params)
+        for p in params:
+            p.grad = None
+        return unused
+
+    def _plan(self, best: dict | None) -> None:
+        """Budgets, schedule, cadences, sinks and the other collaborators of the loop."""
+        cfg, start = self.config, self.step
+        self.stop = StopRule(start, cfg.steps, cfg.epochs, self.data.source.steps_per_epoch,
+                             self.elapsed_before, cfg.max_time, cfg.patience)
+        horizon = self.stop.horizon_steps
+        self.schedule = LRSchedule(cfg.schedule, cfg.lr, cfg.warmup, horizon, self.stop.horizon_time)
+        self.log_every = cfg.log_every
+        if self.log_every is None:
+            self.log_every = max(1, min(50, horizon // 50)) if horizon else 25
+        every, secs = cfg.eval_every, None
+        if every is None:
+            every, secs = (max(1, horizon // 10), None) if horizon else (None, cfg.max_time / 10)
+        self.evaluator = Evaluator(self.model, self.ema, self.data.val, every, secs, start, self.elapsed_before,
+                                   best, cfg.seed, max(cfg.batch_size, 1024), self.device, self.dtype)
+        self.run = RunDir(cfg.out_dir, main=self.main) if cfg.out_dir is not None else None
+        self.checkpointer = Checkpointer(self.run, self.model, self.ema, cfg.checkpoint_steps, cfg.checkpoint_secs,
+                                         self.sync.gather, start, self.elapsed_before)
+        self.sinks = make_sinks(self.run, self.history.records(), start, horizon, cfg.max_time,
+                                cfg.progress, cfg.tensorboard, self.main)
+        self.rollback = Rollback(self.model, self.ema)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> History:
+        model, opt, cfg = self.model, self.opt, self.config
+        max_norm = cfg.clip_grad if cfg.clip_grad is not None else math.inf
+        t0 = time.perf_counter()
+        self.elapsed = self.elapsed_before
+        phase, boundary, reason = "boundary", self._capture(), None
+        try:
+            while True:
+                # Everything a checkpoint holds is taken here, between two steps.
+                phase, boundary = "boundary", self._capture()
+                reason = self.stop.spent(self.step, self.elapsed)
+                due_eval = self.evaluator.due(self.step, self.elapsed, reason is not None)
+                if self._log_due(due_eval, reason):
+                    rec = self._log(due_eval)
+                    boundary = self._capture()  # the window was reset: later checkpoints start here
+                    callback_stop = self._callback_stop(rec)
+                    reason = reason or self.stop.requested(self.evaluator.bad_evals, callback_stop)
+                if reason is None and self.checkpointer.due(self.step, self.elapsed):
+                    self._save(boundary)
+                if reason is not None:
+                    break
+
+                phase = "compute"
+                self.schedule.apply(opt, self.step, self.elapsed)
+                xb, cb, n_global = self.data.source.next()
+                with self.precision.autocast():
+                    loss = self.loss_fn(xb, cb).float()
+                now = self.elapsed_before + (time.perf_counter() - t0)
+                loss, loss_value, finite, self.elapsed = self.sync.step(loss, xb.shape[0], n_global, now)
+                if not finite:
+                    raise _Diverged(f"loss is {loss_value} at step {self.step}")
+                self.precision.backward(loss, opt)
+                gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+                if self.precision.checks_gradients and not bool(torch.isfinite(gnorm)):
+                    raise _Diverged(f"gradient norm is {float(gnorm)} at step {self.step} (loss {loss_value:.6g})")
+
+                phase = "update"
+                self.precision.step(opt)
+                opt.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(model)
+                self.step += 1
+                self.win_sum, self.win_n = self.win_sum + loss_value, self.win_n + 1
+                self.sinks.tick(self.step, self.elapsed - self.elapsed_before)
+        except _Diverged as e:
+            raise self._diverged(e.args[0]) from None
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            self._interrupted(phase, boundary)
+        except BaseException:
+            self.sinks.close()
+            raise
+        else:
+            self._save(self._capture())
+        return self._finish(reason)
+
+    def _log_due(self, due_eval: bool, reason: str | None) -> bool:
+        last_logged = self.history["step"][-1] if self.history["step"] else -1
+        if not (self.step > last_logged and self.step > 0):
+            return False
+        if due_eval:
+            return True
+        # An empty loss window (a resumed run at a log step) has nothing to log.
+        return (self.step % self.log_every == 0 or reason is not None) and self.win_n > 0
+
+    def _log(self, due_eval: bool) -> dict:
+        """Evaluate if due, record the window's mean loss in the history and every sink."""
+        rec = {"step": self.step, "loss": self.win_sum / self.win_n if self.win_n else math.nan,
+               "lr": self.opt.param_groups[0]["lr"], "time": round(self.elapsed, 4)}
+        if due_eval:
+            val_loss, improved = self.evaluator.evaluate(self.step, self.elapsed)
+            if improved:
+                self.checkpointer.save_best(self.evaluator.best)
+            self.history["best_val_loss"] = self.evaluator.best["val_loss"]
+            self.history["best_step"] = self.evaluator.best["step"]
+            rec["val_loss"] = val_loss
+        self.history.append(rec, self.elapsed)
+        self.win_sum, self.win_n = 0.0, 0
+        self.rollback.remember(rec["loss"])
+        self.sinks.log(rec)
+        return rec
+
+    def _callback_stop(self, rec: dict) -> bool:
+        """Whether the user's callback (on any rank) asks to stop."""
+        if self.config.callback is None:
+            return False
+        return self.sync.any(self.config.callback(self.step, dict(rec)) is True, self.device)
+
+    # ------------------------------------------------------------------ state
+    def _capture(self) -> dict:
+        return {"rng": rng_state(self.device), "data": self.data.source.state(),
+                "window": (self.win_sum, self.win_n)}
+
+    def _save(self, boundary: dict, gather: bool = True) -> None:
+        def build(rngs: list) -> dict:
+            return {
+                "format": CHECKPOINT_FORMAT, "version": 1,
+                "train_state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "optimizer": self.opt.state_dict(), "scaler": self.precision.state_dict(),
+                "scheduler": self.schedule.state_dict(), "step": self.step, "elapsed": self.elapsed,
+                "data": boundary["data"], "window": boundary["window"], "rng": rngs,
+                "history": dict(self.history), "best": self.evaluator.best, "fit": self.config.record(self.world),
+            }
+
+        self.checkpointer.save(build, boundary["rng"], self.step, self.elapsed, gather=gather)
+
+    def _finish_history(self, reason: str | None) -> None:
+        h = self.history
+        h.update(steps=self.step, elapsed=self.elapsed, epochs=self.data.source.epochs_done, stopped_reason=reason)
+        if self.evaluator.best is not None:
+            h.update(best_val_loss=self.evaluator.best["val_loss"], best_step=self.evaluator.best["step"])
+
+    # ------------------------------------------------------------------ endings
+    def _finish(self, reason: str | None) -> History:
+        self.sinks.close()
+        # The model ends with the weights used for evaluation: the best evaluated ones when
+        # there was validation, else the EMA (or raw) weights.
+        if not self.evaluator.restore_best() and self.ema is not None:
+            self.ema.copy_to(self.model)
+        self._finish_history(reason)
+        if reason == "interrupted" and self.main:
+            where = f"; checkpoint in {self.run.path}" if self.run is not None else ""
+            print(f"pushforward: training interrupted at step {self.step}{where}", file=sys.stderr)
+        return self.history
+
+    def _interrupted(self, phase: str, boundary: dict) -> None:
+        """KeyboardInterrupt: checkpoint the last step boundary unless the weights are half updated."""
+        if phase == "update":
+            warnings.warn("interrupted during an optimizer update; the previous checkpoint is kept", stacklevel=4)
+        else:
+            self._save(boundary, gather=False)
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        self.rollback.restore()
+        self._finish_history(reason="diverged")
+        msg = (f"training diverged: {what}; the last finite logged loss was {self.rollback.loss:.6g}. "
+               "The model holds the last good weights"
+               + (f" and {self.run / LAST} the last good checkpoint" if self.run is not None else "")
+               + ". Try a lower lr, a smaller clip_grad or amp=False.")
+        self.sinks.close()
+        return TrainingDivergedError(msg, self.step, self.rollback.loss, self.history)
