@@ -12,6 +12,7 @@ import pushforward as pf
 from pushforward import viz
 from pushforward.data import get_target, load
 from pushforward.transforms.base import FixedAffine, Transform
+from pushforward.viz.training import _records, _series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -163,13 +164,13 @@ def test_training_curves_from_jsonl_and_dict(tmp_path):
 def test_records_skip_nan_val_loss_like_fit_history():
     nan = float("nan")
     hist = {"step": [1, 2, 3, 4], "loss": [4.0, 3.0, 2.0, 1.0], "val_loss": [nan, 2.5, nan, 1.5], "steps": 4}
-    steps, val = viz._series(viz._records(hist), "val_loss")
+    steps, val = _series(_records(hist), "val_loss")
     assert steps.tolist() == [2, 4] and val.tolist() == [2.5, 1.5]
 
 
 def test_records_align_val_loss_on_its_own_steps():
-    rows = viz._records({"step": [0, 10, 20, 30], "loss": [4, 3, 2, 1], "val_loss": [3.5, 1.5], "val_step": [10, 30]})
-    steps, val = viz._series(rows, "val_loss")
+    rows = _records({"step": [0, 10, 20, 30], "loss": [4, 3, 2, 1], "val_loss": [3.5, 1.5], "val_step": [10, 30]})
+    steps, val = _series(rows, "val_loss")
     assert steps.tolist() == [10, 30] and val.tolist() == [3.5, 1.5]
 
 
