@@ -20,11 +20,13 @@ DATA_COLOR = "#1f77b4"
 SAMPLE_COLOR = "#d62728"
 
 
-def _figure(n_panels: int = 1, size: float = 4.0, height: float | None = None, **kw):
+def _figure(n_panels: int = 1, size: float = 4.0, height: float | None = None, layout: str = "constrained", **kw):
+    """A figure on its own Agg canvas (pyplot's global state is never touched) and its row of
+    ``n_panels`` axes, each ``size`` wide and ``height`` (default ``size``) high."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size * n_panels, height or size), layout="constrained")
+    fig = Figure(figsize=(size * n_panels, height or size), layout=layout)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False, **kw)[0]
     return fig, list(axes)
