@@ -460,6 +460,7 @@ def _eval_data(args: argparse.Namespace, run: Path | None):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pushforward import metrics
+    from pushforward._utils import json_safe
 
     dev = _device(args.device)
     model = _load_run_model(args.dir, dev)
@@ -470,7 +471,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if ds.context is not None:
         ds.context = ds.context.to(dev)
     res = metrics.evaluate(model, ds, n_samples=args.n_samples, seed=args.seed)
-    line = json.dumps(_json_clean(res), allow_nan=False)
+    line = json.dumps(json_safe(res), allow_nan=False)
     if run is not None:
         _write_json(run / "eval.json", res)
     print(line)
