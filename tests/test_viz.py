@@ -196,3 +196,24 @@ def test_flow_frames_and_gif(tmp_path, flow):
     assert Image.open(out).n_frames == 6  # the held last frame is merged into one longer frame
     with pytest.raises(TypeError, match="trajectory"):
         viz.flow_frames(object(), 10)
+
+
+def test_plots_for_chooses_by_model_type(tmp_path, flow):
+    from pushforward.data import Dataset
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
+
+    def names(m, ds, **kw):
+        return [n for n, _ in viz.plots_for(m, ds, tmp_path, metrics=tmp_path / "metrics.jsonl", **kw)]
+
+    xy = Dataset(torch.randn(20, 2))
+    assert names(flow, xy) == ["density", "samples", "training curves", "grid deformation", "flow animation"]
+    assert names(flow, xy, gif=False)[-1] == "grid deformation"
+    assert names(pf.build("fm", dim=2), xy) == ["density", "samples", "training curves", "flow animation"]
+    assert names(pf.build("nsf", dim=2, context_dim=2), Dataset(torch.randn(20, 2), torch.randn(20, 2))) == [
+        "density", "samples", "training curves"]
+    assert names(pf.build("maf", dim=5), Dataset(torch.randn(20, 5))) == ["samples", "training curves", "flow animation"]
+    policy = pf.policy.FlowPolicy(obs_dim=3, action_dim=2, horizon=4)
+    assert names(policy, Dataset(torch.randn(20, 8), torch.randn(20, 3))) == ["training curves"]
+    # nothing is drawn until a figure is asked for
+    assert not list(tmp_path.glob("*.png"))

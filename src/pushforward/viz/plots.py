@@ -67,7 +67,7 @@ def plots_for(
     if vector and event[0] <= 2:
         plots.append(("density", lambda: plot_density(model, out / "density.png", data=data)))
     if (vector or image) and not policy:
-        plots.append(("samples", lambda: plot_samples(_samples_like(model, data), out / "samples.png", data=data)))
+        plots.append(("samples", lambda: plot_samples(_one_sample_per_row(model, data), out / "samples.png", data=data)))
     if metrics is not None and Path(metrics).is_file():
         plots.append(("training curves", lambda: plot_training_curves(metrics, out / "training_curves.png")))
     if unconditional and vector and event[0] == 2 and isinstance(model, NormalizingFlow):
@@ -78,7 +78,7 @@ def plots_for(
 
 
 @torch.no_grad()
-def _samples_like(model: Any, data: Any) -> torch.Tensor:
+def _one_sample_per_row(model: Any, data: Any) -> torch.Tensor:
     """One seeded model sample per data row (at that row's context): ``[N, *event_shape]``."""
     like = module_like(model)
     kw = {} if data.context is None else {"context": data.context.to(like["device"])}
