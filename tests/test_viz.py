@@ -217,3 +217,11 @@ def test_plots_for_chooses_by_model_type(tmp_path, flow):
     assert names(policy, Dataset(torch.randn(20, 8), torch.randn(20, 3))) == ["training curves"]
     # nothing is drawn until a figure is asked for
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_importing_viz_does_not_load_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, pushforward, pushforward.viz; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
