@@ -12,6 +12,7 @@ import pushforward as pf
 from pushforward import viz
 from pushforward.data import get_target, load
 from pushforward.transforms.base import FixedAffine, Transform
+from pushforward.viz.training import _records, _series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -163,13 +164,13 @@ def test_training_curves_from_jsonl_and_dict(tmp_path):
 def test_records_skip_nan_val_loss_like_fit_history():
     nan = float("nan")
     hist = {"step": [1, 2, 3, 4], "loss": [4.0, 3.0, 2.0, 1.0], "val_loss": [nan, 2.5, nan, 1.5], "steps": 4}
-    steps, val = viz._series(viz._records(hist), "val_loss")
+    steps, val = _series(_records(hist), "val_loss")
     assert steps.tolist() == [2, 4] and val.tolist() == [2.5, 1.5]
 
 
 def test_records_align_val_loss_on_its_own_steps():
-    rows = viz._records({"step": [0, 10, 20, 30], "loss": [4, 3, 2, 1], "val_loss": [3.5, 1.5], "val_step": [10, 30]})
-    steps, val = viz._series(rows, "val_loss")
+    rows = _records({"step": [0, 10, 20, 30], "loss": [4, 3, 2, 1], "val_loss": [3.5, 1.5], "val_step": [10, 30]})
+    steps, val = _series(rows, "val_loss")
     assert steps.tolist() == [10, 30] and val.tolist() == [3.5, 1.5]
 
 
@@ -195,3 +196,32 @@ def test_flow_frames_and_gif(tmp_path, flow):
     assert Image.open(out).n_frames == 6  # the held last frame is merged into one longer frame
     with pytest.raises(TypeError, match="trajectory"):
         viz.flow_frames(object(), 10)
+
+
+def test_plots_for_chooses_by_model_type(tmp_path, flow):
+    from pushforward.data import Dataset
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
+
+    def names(m, ds, **kw):
+        return [n for n, _ in viz.plots_for(m, ds, tmp_path, metrics=tmp_path / "metrics.jsonl", **kw)]
+
+    xy = Dataset(torch.randn(20, 2))
+    assert names(flow, xy) == ["density", "samples", "training curves", "grid deformation", "flow animation"]
+    assert names(flow, xy, gif=False)[-1] == "grid deformation"
+    assert names(pf.build("fm", dim=2), xy) == ["density", "samples", "training curves", "flow animation"]
+    assert names(pf.build("nsf", dim=2, context_dim=2), Dataset(torch.randn(20, 2), torch.randn(20, 2))) == [
+        "density", "samples", "training curves"]
+    assert names(pf.build("maf", dim=5), Dataset(torch.randn(20, 5))) == ["samples", "training curves", "flow animation"]
+    policy = pf.policy.FlowPolicy(obs_dim=3, action_dim=2, horizon=4)
+    assert names(policy, Dataset(torch.randn(20, 8), torch.randn(20, 3))) == ["training curves"]
+    # nothing is drawn until a figure is asked for
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_importing_viz_does_not_load_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, pushforward, pushforward.viz; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

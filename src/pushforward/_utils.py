@@ -55,7 +55,8 @@ def to_tensor(a: Any, name: str, dtype: torch.dtype | None = None, device: Any =
         a = torch.from_numpy(np.ascontiguousarray(a))
     elif not isinstance(a, Tensor):
         try:
-            a = torch.as_tensor(a)
+            # dtype here, not after: a list of Python floats asked for as float64 keeps its digits
+            a = torch.as_tensor(a, dtype=dtype)
         except (TypeError, ValueError, RuntimeError) as e:
             raise TypeError(f"{name} must be a tensor or array, got {type(a).__name__}") from e
     if a.is_complex():

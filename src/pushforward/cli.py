@@ -333,6 +333,8 @@ def _context_arg(spec: str | None, n: int, model):
     import numpy as np
     import torch
 
+    from pushforward._utils import to_tensor
+
     cdim = int(getattr(model, "context_dim", 0) or 0)
     if cdim == 0:
         if spec is not None:
@@ -352,7 +354,7 @@ def _context_arg(spec: str | None, n: int, model):
         if not isinstance(v, list):
             raise CLIError(f"--context must be a JSON list of {cdim} numbers or a file, got {spec!r}")
         arr = np.asarray(v, dtype=np.float64)
-    c = torch.as_tensor(np.asarray(arr, dtype=np.float64), dtype=torch.float32)
+    c = to_tensor(arr, "--context", dtype=torch.float32)
     if c.dim() == 1:
         c = c[None, :]
     if c.shape[1] != cdim or c.shape[0] not in (1, n):
@@ -364,6 +366,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from pushforward._utils import module_like
+
     out = Path(args.output)
     if out.suffix.lower() not in (".npy", ".csv"):
         raise CLIError(f"output must end in .npy or .csv, got {str(out)!r}")
@@ -373,9 +377,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = _load_run_model(args.dir, dev)
     model.eval()
     ctx = _context_arg(args.context, args.n, model)
-    p = next(model.parameters(), None)
-    if ctx is not None and p is not None:
-        ctx = ctx.to(p.device, p.dtype)
+    if ctx is not None:
+        ctx = ctx.to(**module_like(model))
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     with torch.no_grad():
         s = model.sample(args.n, ctx, generator=gen)
@@ -405,6 +408,7 @@ def _eval_data(args: argparse.Namespace, run: Path | None):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pushforward import metrics
+    from pushforward._utils import json_safe
 
     dev = _device(args.device)
     model = _load_run_model(args.dir, dev)
@@ -415,8 +419,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if ds.context is not None:
         ds.context = ds.context.to(dev)
     res = metrics.evaluate(model, ds, n_samples=args.n_samples, seed=args.seed)
-    from pushforward._utils import json_safe
-
     line = json.dumps(json_safe(res), allow_nan=False)
     if run is not None:
         _write_json(run / "eval.json", res)
@@ -425,59 +427,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def make_plots(run: Path, model, ds, gif: bool = True, max_points: int = 3000) -> list[Path]:
-    """Write the run's figures into ``run/plots`` and return their paths (best effort)."""
+    """Write the figures that fit ``model`` (:func:`pushforward.viz.plots_for`) into ``run/plots``
+    and return their paths; a figure that fails is reported on stderr and skipped."""
     import torch
 
     from pushforward import viz
 
     out = run / "plots"
     out.mkdir(parents=True, exist_ok=True)
+    if ds.x.shape[0] > max_points:
+        ds = ds.subset(torch.randperm(ds.x.shape[0], generator=torch.Generator().manual_seed(0))[:max_points])
     written: list[Path] = []
-    x = ds.x
-    if x.shape[0] > max_points:
-        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:max_points]
-        ds = type(ds)(x=x[idx], context=None if ds.context is None else ds.context[idx], name=ds.name,
-                      target=ds.target, meta=ds.meta)
-    event = tuple(getattr(model, "event_shape", ds.x.shape[1:]))
-    vector = len(event) == 1
-    is_nf = hasattr(model, "transform") and hasattr(model, "base")
-
-    def attempt(name: str, fn) -> None:
-        try:
-            written.append(Path(fn()))
-        except Exception as e:  # one failing figure must not cost the others
-            print(f"pushforward plot: skipped {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                  file=sys.stderr)
-
     with torch.no_grad():
-        if vector and event[0] <= 2:
-            attempt("density", lambda: viz.plot_density(model, out / "density.png", data=ds))
-
-        def samples_plot():
-            kw = {} if ds.context is None else {"context": ds.context.to(_param_like(model)["device"])}
-            n = ds.x.shape[0]
-            g = torch.Generator(device=_param_like(model)["device"]).manual_seed(0)
-            s = model.sample(n, generator=g, **kw)
-            return viz.plot_samples(s, out / "samples.png", data=ds)
-
-        attempt("samples", samples_plot)
-    if (run / "metrics.jsonl").is_file():
-        attempt("training curves", lambda: viz.plot_training_curves(run / "metrics.jsonl", out / "training_curves.png"))
-    with torch.no_grad():
-        if is_nf and vector and event[0] == 2 and int(getattr(model, "context_dim", 0) or 0) == 0:
-            attempt("grid deformation", lambda: viz.plot_grid_deformation(model, out / "grid_deformation.png", data=ds))
-        if gif and vector and event[0] >= 2 and int(getattr(model, "context_dim", 0) or 0) == 0 and (
-                is_nf or callable(getattr(model, "trajectory", None))):
-            attempt("flow animation", lambda: viz.animate_flow(viz.flow_frames(model, 500), out / "flow.gif", data=ds))
+        for name, make in viz.plots_for(model, ds, out, metrics=run / "metrics.jsonl", gif=gif):
+            try:
+                written.append(Path(make()))
+            except Exception as e:  # one failing figure must not cost the others
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                print(f"pushforward plot: skipped {name}: {msg}", file=sys.stderr)
     return written
-
-
-def _param_like(model) -> dict:
-    import torch
-
-    for p in model.parameters():
-        return {"device": p.device, "dtype": p.dtype}
-    return {"device": torch.device("cpu"), "dtype": torch.float32}
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from pushforward._utils import batched
+
 DEFAULT_MODELS = (
     "planar", "radial", "nice", "realnvp", "maf", "iaf", "nsf", "residual",
     "ffjord", "score-vp", "fm", "ot-fm", "vp-fm", "sb-fm", "rectified",
@@ -47,7 +49,7 @@ def _grid_density(model, lo, hi, n_grid: int) -> tuple[torch.Tensor, torch.Tenso
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
     with torch.no_grad():
-        lp = torch.cat([model.log_prob(pts[i:i + 4096]) for i in range(0, len(pts), 4096)])
+        lp = batched(model.log_prob, pts, batch_size=4096)
     p = torch.nan_to_num(lp.exp(), nan=0.0, posinf=0.0).reshape(n_grid, n_grid)
     return gx, gy, p
 
@@ -60,14 +62,11 @@ def _paths(model, n: int) -> torch.Tensor:
 
 
 def _figure(name: str, model, data: torch.Tensor, samples: torch.Tensor, row: dict, path: Path, n_grid: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pushforward.viz._common import _figure as agg_figure
 
     lo = (data.quantile(0.002, 0) - 0.6).tolist()
     hi = (data.quantile(0.998, 0) + 0.6).tolist()
-    fig, ax = plt.subplots(1, 3, figsize=(12, 4))
+    fig, ax = agg_figure(3, 4.0, layout="tight")
     try:
         gx, gy, p = _grid_density(model, lo, hi, n_grid)
         ax[0].pcolormesh(gx.numpy(), gy.numpy(), p.numpy(), shading="auto", cmap="viridis")
@@ -93,21 +92,16 @@ def _figure(name: str, model, data: torch.Tensor, samples: torch.Tensor, row: di
         a.set_ylim(lo[1], hi[1])
         a.set_aspect("equal")
     fig.suptitle(f"{name} ({FAMILY.get(name, '')}): {row['train_steps']} steps in {row['train_s']:.0f} s")
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _comparison(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from pushforward.viz._common import _figure as agg_figure
 
     ok = [r for r in rows if r.get("error") is None]
     names = [r["model"] for r in ok]
     cols = [("kl", "KL (nats)"), ("w2", "W2"), ("sample_s", "sample 1000 (s)")]
-    fig, ax = plt.subplots(1, 3, figsize=(14, 0.35 * len(names) + 1.5))
+    fig, ax = agg_figure(3, 14 / 3, 0.35 * len(names) + 1.5, layout="tight")
     for a, (key, label) in zip(ax, cols):
         vals = [r[key] if r[key] is not None and math.isfinite(r[key]) else 0.0 for r in ok]
         a.barh(names, vals, color="C0")
@@ -115,9 +109,7 @@ def _comparison(rows: list[dict], path: Path) -> None:
         a.invert_yaxis()
         if key == "sample_s":
             a.set_xscale("log")
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _fmt(v: Any, nd: int = 3) -> str:

@@ -22,26 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pushforward._utils import batched, module_like, to_tensor
+
 
 # --------------------------------------------------------------------------- helpers
-def _model_like(model: Any) -> dict:
-    """Device and dtype of a model's parameters (or buffers); CPU float32 when it has none."""
-    if isinstance(model, nn.Module):
-        for t in (*model.parameters(), *model.buffers()):
-            if t.is_floating_point():
-                return {"device": t.device, "dtype": t.dtype}
-    return {"device": torch.device("cpu"), "dtype": torch.float32}
-
-
-def _as_tensor(x: Any) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    return torch.as_tensor(np.asarray(x))
-
-
 def _flat64(x: Any, name: str) -> Tensor:
     """``[N, ...]`` -> ``[N, D]`` float64 on CPU, finite."""
-    x = _as_tensor(x).detach().to("cpu", torch.float64)
+    x = to_tensor(x, name, dtype=torch.float64, device="cpu").detach()
     if x.dim() == 1:
         x = x[:, None]
     if x.dim() < 2 or x.shape[0] == 0:
@@ -80,19 +67,22 @@ def nll(model: nn.Module, x: Any, context: Tensor | None = None, batch_size: int
     ``log_prob`` runs under ``torch.no_grad()``; models that need autograd inside it (exact
     trace of a CNF) must enable it themselves.
     """
-    like = _model_like(model)
-    x = _as_tensor(x).to(**like)
-    if context is not None:
-        context = _as_tensor(context).to(**like)
-    total, count = 0.0, 0
-    for i in range(0, x.shape[0], batch_size):
-        c = None if context is None else context[i : i + batch_size]
-        lp = model.log_prob(x[i : i + batch_size], context=c) if c is not None else model.log_prob(x[i : i + batch_size])
-        total += float(lp.double().sum())
-        count += lp.shape[0]
-    if count == 0:
+    lp = _log_probs(model, x, context, batch_size)
+    if lp.shape[0] == 0:
         raise ValueError("nll needs at least one data point")
-    return -total / count
+    return -float(lp.sum()) / lp.shape[0]
+
+
+@torch.no_grad()
+def _log_probs(model: Any, x: Any, context: Any, batch_size: int) -> Tensor:
+    """``log q(x_i)`` for the rows of ``x [N, ...]`` (context ``[N, C]``, one shared row, or
+    None) in blocks on the model's device: ``[N]`` float64 on CPU."""
+    like = module_like(model)
+    x = to_tensor(x, "x").to(**like)
+    if context is not None:
+        context = to_tensor(context, "context").to(**like)
+    fn = model.log_prob if context is None else (lambda xb, cb: model.log_prob(xb, context=cb))
+    return batched(lambda *a: fn(*a).detach().to("cpu", torch.float64), x, context, batch_size)
 
 
 def bits_per_dim(nll: float, dim: int) -> float:
@@ -254,33 +244,14 @@ def kl(target: Any, model: nn.Module, n: int = 10_000, context: Tensor | None = 
     g = torch.Generator().manual_seed(seed)
     x = target.sample(n, generator=g)
     log_p = target.log_prob(x.double()).double()
-    ctx = None
-    if context is not None:
-        context = _as_tensor(context)
-        ctx = context.expand(n, -1) if context.dim() == 1 else context
-    log_q = -_per_point_nll(model, x, ctx, batch_size)
+    log_q = _log_probs(model, x, context, batch_size)
     keep = torch.isfinite(log_p)
     return float((log_p[keep] - log_q[keep]).mean())
 
 
-@torch.no_grad()
-def _per_point_nll(model, x, context, batch_size) -> Tensor:
-    like = _model_like(model)
-    x = _as_tensor(x).to(**like)
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i : i + batch_size]
-        if context is None:
-            lp = model.log_prob(xb)
-        else:
-            lp = model.log_prob(xb, context=_as_tensor(context)[i : i + batch_size].to(**like))
-        out.append(-lp.detach().to("cpu", torch.float64))
-    return torch.cat(out)
-
-
 # --------------------------------------------------------------------------- evaluate
 def _sample(model: Any, n: int, context: Tensor | None, seed: int) -> Tensor:
-    like = _model_like(model)
+    like = module_like(model)
     g = torch.Generator(device=like["device"]).manual_seed(seed)
     kwargs: dict[str, Any] = {} if context is None else {"context": context.to(**like)}
     try:
@@ -328,68 +299,79 @@ def evaluate(
         target = data.target if target is None else target
         x = data.x
     else:
-        x = _as_tensor(data)
+        x = to_tensor(data, "data")
     if x.dim() == 1:
         x = x[:, None]
     if context is not None:
-        context = _as_tensor(context).float() if not isinstance(context, Tensor) else context
+        context = context if isinstance(context, Tensor) else to_tensor(context, "context", dtype=torch.float32)
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"context has {context.shape[0]} rows but data has {x.shape[0]}")
-    n = x.shape[0]
-    dim = int(np.prod(x.shape[1:]))
+    # one generator, drawn in a fixed order (NLL subset, then the reference subset): same seed, same rows
     g = torch.Generator().manual_seed(seed)
-    out: dict[str, float] = {}
-
     was_training = model.training if isinstance(model, nn.Module) else None
     if isinstance(model, nn.Module):
         model.eval()
     try:
-        # likelihood
-        idx = torch.randperm(n, generator=g)[:n_nll] if n_nll is not None and n_nll < n else None
-        xs = x if idx is None else x[idx]
-        cs = None if context is None else (context if idx is None else context[idx])
-        try:
-            out["nll"] = nll(model, xs, cs)
-            out["bpd"] = bits_per_dim(out["nll"], dim)
-            if target is not None and context is None:
-                out["kl"] = kl(target, model, n=max(n_samples, 1000), seed=seed)
-        except NotImplementedError:
-            pass
-
-        # samples vs a data subset of the same size
-        m = min(n_samples, n)
-        ref_idx = torch.randperm(n, generator=g)[:m]
-        ref = x[ref_idx]
-        ref_ctx = None if context is None else context[ref_idx]
-        if hasattr(model, "nfe"):
-            try:
-                model.nfe = 0
-            except (AttributeError, TypeError):
-                pass
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            samples = _sample(model, m, ref_ctx, seed)
-        if samples.is_cuda:
-            torch.cuda.synchronize(samples.device)
-        out["sample_time_s"] = time.perf_counter() - t0
-        if hasattr(model, "nfe") and model.nfe is not None:
-            out["nfe"] = float(model.nfe)
-        flat = samples.detach().reshape(m, -1)
-        finite = torch.isfinite(flat).all(-1)
-        if not bool(finite.all()):
-            # A diverged model should yield a report, not a crash: score its finite samples only.
-            out["nonfinite_frac"] = 1.0 - float(finite.double().mean())
-            samples, ref = samples[finite.to(samples.device)], ref[finite.cpu()]
-        if samples.shape[0] >= 2:
-            out["w2"] = w2(samples, ref, max_exact=max_exact, seed=seed)
-            out["mmd"] = mmd(samples, ref, seed=seed)
-            out["energy"] = energy_distance(samples, ref, seed=seed)
-        else:
-            out["w2"] = out["mmd"] = out["energy"] = math.nan
+        out = _likelihood_metrics(model, x, context, target, n_nll, max(n_samples, 1000), seed, g)
+        out.update(_sample_metrics(model, x, context, min(n_samples, x.shape[0]), seed, g, max_exact))
     finally:
         if was_training is not None:
             model.train(was_training)
     return {k: float(v) for k, v in out.items()}
 
+
+def _likelihood_metrics(model, x: Tensor, context: Tensor | None, target: Any, n_nll: int | None, n_kl: int,
+                        seed: int, g: torch.Generator) -> dict[str, float]:
+    """``nll``, ``bpd`` and (with a target and no context) ``kl`` on a seeded subset of rows;
+    nothing for models without a density."""
+    n = x.shape[0]
+    idx = torch.randperm(n, generator=g)[:n_nll] if n_nll is not None and n_nll < n else None
+    xs = x if idx is None else x[idx]
+    cs = None if context is None else (context if idx is None else context[idx])
+    out: dict[str, float] = {}
+    try:
+        out["nll"] = nll(model, xs, cs)
+        out["bpd"] = bits_per_dim(out["nll"], int(np.prod(x.shape[1:])))
+        if target is not None and context is None:
+            out["kl"] = kl(target, model, n=n_kl, seed=seed)
+    except NotImplementedError:
+        pass
+    return out
+
+
+def _sample_metrics(model, x: Tensor, context: Tensor | None, m: int, seed: int, g: torch.Generator,
+                    max_exact: int) -> dict[str, float]:
+    """``m`` model samples against ``m`` seeded data rows (at their contexts): ``w2``, ``mmd``,
+    ``energy``, ``sample_time_s``, ``nfe`` and, for a diverged model, ``nonfinite_frac``."""
+    ref_idx = torch.randperm(x.shape[0], generator=g)[:m]
+    ref = x[ref_idx]
+    ref_ctx = None if context is None else context[ref_idx]
+    if hasattr(model, "nfe"):
+        try:
+            model.nfe = 0
+        except (AttributeError, TypeError):
+            pass
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        samples = _sample(model, m, ref_ctx, seed)
+    if samples.is_cuda:
+        torch.cuda.synchronize(samples.device)
+    out["sample_time_s"] = time.perf_counter() - t0
+    if hasattr(model, "nfe") and model.nfe is not None:
+        out["nfe"] = float(model.nfe)
+    flat = samples.detach().reshape(m, -1)
+    finite = torch.isfinite(flat).all(-1)
+    if not bool(finite.all()):
+        # A diverged model should yield a report, not a crash: score its finite samples only.
+        out["nonfinite_frac"] = 1.0 - float(finite.double().mean())
+        samples, ref = samples[finite.to(samples.device)], ref[finite.cpu()]
+    if samples.shape[0] >= 2:
+        out["w2"] = w2(samples, ref, max_exact=max_exact, seed=seed)
+        out["mmd"] = mmd(samples, ref, seed=seed)
+        out["energy"] = energy_distance(samples, ref, seed=seed)
+    else:
+        out["w2"] = out["mmd"] = out["energy"] = math.nan
+    return out
 
 __all__ = ["bits_per_dim", "energy_distance", "evaluate", "kl", "mmd", "nll", "sliced_w2", "w2"]

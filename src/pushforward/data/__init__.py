@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pushforward._utils import to_tensor
 from pushforward.data import files as _files
 from pushforward.data.tabular import SKLEARN_SETS, load_sklearn
 from pushforward.data.targets import (
@@ -67,12 +68,12 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, Tensor):
-            self.x = torch.as_tensor(np.asarray(self.x), dtype=torch.float32)
+            self.x = to_tensor(self.x, "Dataset.x", dtype=torch.float32)
         if self.x.dim() < 2:
             raise ValueError(f"Dataset.x must be [N, D] or [N, C, H, W], got shape {list(self.x.shape)}")
         if self.context is not None:
             if not isinstance(self.context, Tensor):
-                self.context = torch.as_tensor(np.asarray(self.context), dtype=torch.float32)
+                self.context = to_tensor(self.context, "Dataset.context", dtype=torch.float32)
             if self.context.dim() == 1:
                 self.context = self.context[:, None]
             if self.context.shape[0] != self.x.shape[0]:
@@ -202,16 +203,15 @@ def _check_finite(a: np.ndarray, where: str, columns: list[str] | None = None, l
         )
 
 
-def _to_tensor(a: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+def _floats(a: np.ndarray, name: str) -> Tensor:
+    return to_tensor(a, name, dtype=torch.float32).contiguous()
 
 
 def _subsample(n: int | None, total: int, seed: int, where: str) -> Tensor | None:
     """Row indices for ``n`` of ``total`` rows (seeded), or None for all rows."""
     if n is None:
         return None
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    n = _n_generated(n)
     if n > total:
         raise ValueError(f"{where} has {total} rows; cannot take n={n}")
     if n == total:
@@ -220,6 +220,7 @@ def _subsample(n: int | None, total: int, seed: int, where: str) -> Tensor | Non
 
 
 def _n_generated(n: int | None) -> int:
+    """``n`` as an int (:data:`DEFAULT_N` for None); raises unless it is a positive integer."""
     if n is None:
         return DEFAULT_N
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
@@ -268,14 +269,14 @@ def _load_bundled(name: str, n: int | None, seed: int, context: ContextSpec) -> 
     elif context == "target":
         if b.target is None:
             raise ValueError(f"{name!r} has no regression target; use context='label'")
-        ctx = _to_tensor(b.target[:, None])
+        ctx = _floats(b.target[:, None], "context")
         meta["context_columns"] = ["target"]
     elif context is not None:
         x, c, columns, meta["context_columns"] = _split_columns(x, context, columns, repr(name))
-        ctx = _to_tensor(c)
+        ctx = _floats(c, "context")
     if x.ndim == 2:
         meta["columns"] = columns
-    ds = Dataset(_to_tensor(x), ctx, name, None, meta)
+    ds = Dataset(_floats(x, "data"), ctx, name, None, meta)
     idx = _subsample(n, len(ds), seed, repr(name))
     return ds if idx is None else ds.subset(idx)
 
@@ -303,7 +304,7 @@ def _load_file(path: Path, n: int | None, seed: int, context: ContextSpec) -> Da
             else:
                 lab = np.asarray(lab, dtype=np.float64).reshape(lab.shape[0], -1)
                 _check_finite(lab, f"{where} key {raw.labels_key!r}")
-                ctx = _to_tensor(lab)
+                ctx = _floats(lab, "context")
             meta["context_columns"] = [raw.labels_key]
         else:
             if context == "label" and (columns is None or "label" not in columns):
@@ -313,10 +314,10 @@ def _load_file(path: Path, n: int | None, seed: int, context: ContextSpec) -> Da
                     f"otherwise name the context columns (names or indices)"
                 )
             x, c, columns, meta["context_columns"] = _split_columns(x, context, columns, where)
-            ctx = _to_tensor(c)
+            ctx = _floats(c, "context")
     if x.ndim == 2:
         meta["columns"] = columns if columns is not None else [str(j) for j in range(x.shape[1])]
-    ds = Dataset(_to_tensor(x), ctx, path.stem, None, meta)
+    ds = Dataset(_floats(x, "data"), ctx, path.stem, None, meta)
     _check_finite(ds.x.numpy(), f"{where} (as float32)")
     idx = _subsample(n, len(ds), seed, where)
     return ds if idx is None else ds.subset(idx)

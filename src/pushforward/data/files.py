@@ -24,6 +24,8 @@ SUFFIXES = (".npy", ".npz", *TEXT_SUFFIXES)
 
 @dataclass
 class RawTable:
+    """What a reader found in a file: data ``x`` (float64), column names and an optional label array."""
+
     x: np.ndarray
     columns: list[str] | None = None
     labels: np.ndarray | None = None  # npz "context"/"y"/"label(s)" array, if any

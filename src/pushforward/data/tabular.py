@@ -16,6 +16,9 @@ import numpy as np
 
 @dataclass
 class Bundled:
+    """One scikit-learn set as arrays: data ``x [N, D]`` (or ``[N, 1, 8, 8]``), column names, labels or a
+    regression target, and the source's description."""
+
     x: np.ndarray
     columns: list[str]
     labels: np.ndarray | None  # int class labels [N]

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor
 
+from pushforward._utils import to_tensor
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -34,7 +36,7 @@ class Target:
 
     def _check(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
-            x = torch.as_tensor(x, dtype=torch.float32)
+            x = to_tensor(x, "x", dtype=torch.float32)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"{self.name}: x must have shape [N, {self.dim}], got {list(x.shape)}")
         return x
