@@ -72,15 +72,10 @@ class AutoregressiveFlow(NormalizingFlow):
         super().__init__(layers, StandardNormal(dim), context_dim=context_dim)
 
 
-@register("maf", "MAF: masked autoregressive affine flow (Papamakarios et al. 2017)")
-class MAF(AutoregressiveFlow):
-    """MAF: affine MADE layers ``z_i = x_i exp(s_i) + t_i``, ``|s_i| < scale_bound``, alternating orders.
+class _AffineAutoregressiveFlow(AutoregressiveFlow):
+    """Affine MADE layers ``z_i = x_i exp(s_i) + t_i``, ``|s_i| < scale_bound``: the options of MAF and IAF."""
 
-    Papamakarios et al. (2017). One-pass density, ``dim``-pass sampling; ``dim = 1`` works
-    (conditioned on the context only). Other options: :class:`AutoregressiveFlow`.
-    """
-
-    _inverse = False
+    _inverse: bool
 
     def __init__(
         self, dim: int, context_dim: int = 0, *, transforms: int = 5, hidden: Sequence[int] = (64, 64),
@@ -90,9 +85,20 @@ class MAF(AutoregressiveFlow):
                          activation=activation, order=order, inverse=self._inverse)
 
 
+@register("maf", "MAF: masked autoregressive affine flow (Papamakarios et al. 2017)")
+class MAF(_AffineAutoregressiveFlow):
+    """MAF: affine MADE layers ``z_i = x_i exp(s_i) + t_i``, ``|s_i| < scale_bound``, alternating orders.
+
+    Papamakarios et al. (2017). One-pass density, ``dim``-pass sampling; ``dim = 1`` works
+    (conditioned on the context only). Other options: :class:`AutoregressiveFlow`.
+    """
+
+    _inverse = False
+
+
 @register("iaf", "IAF: inverse autoregressive affine flow, one-pass sampling (Kingma et al. 2016)")
-class IAF(MAF):
-    """IAF: each layer is ``Inverse(MAF layer)`` (Kingma et al. 2016), the options of :class:`MAF`.
+class IAF(_AffineAutoregressiveFlow):
+    """IAF: each layer is ``Inverse(MAF layer)`` (Kingma et al. 2016), with the options of :class:`MAF`.
 
     One-pass sampling (best with ``reverse_kl_loss``); density takes ``dim`` passes per layer.
     With the same weights, ``iaf.transform(x) == maf.transform.inverse(x)``.

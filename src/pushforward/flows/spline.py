@@ -27,8 +27,8 @@ class NeuralSplineFlow(NormalizingFlow):
     ways, needs ``dim >= 2``, masks as in :class:`pushforward.flows.CouplingFlow`) or
     ``kind="autoregressive"`` (NSF-AR, MADE conditioner with ``order`` as in
     :class:`pushforward.flows.AutoregressiveFlow`; one-pass density, ``dim``-pass sampling;
-    ``dim = 1`` works). ``"auto"``: coupling for ``dim >= 2`` (as accurate as NSF-AR on 2-D to
-    10-D benchmarks at a fixed time budget, and 10-20x faster to sample), else autoregressive.
+    ``dim = 1`` works). ``"auto"``: coupling for ``dim >= 2``, else autoregressive (why: the
+    "Choices behind the defaults" section of ``docs/concepts/normalizing-flows.md``).
     ``affine=True`` puts a conditioned affine map before each spline (same conditioner), so heavy
     tails outside ``[-B, B]`` can be rescaled (funnel-like data).
     """
