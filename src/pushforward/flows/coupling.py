@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import Tensor
+
 from pushforward._validate import check_choice, check_positive_int, check_widths
 from pushforward.distributions import StandardNormal
 from pushforward.flows.base import NormalizingFlow
@@ -31,7 +33,7 @@ def check_conditioner(transforms: int, hidden: Sequence[int], activation: str) -
     return widths
 
 
-def _layer_mask(dim: int, i: int, mask: str):
+def _layer_mask(dim: int, i: int, mask: str) -> Tensor:
     if mask == "alternate":
         # Flip parity every layer so every dimension is transformed; switch between
         # even-odd and halves every two layers so every pair of dimensions meets in a conditioner.
@@ -58,7 +60,7 @@ def coupling_layers(
 class CouplingFlow(NormalizingFlow):
     """``transforms`` coupling layers ``z_b = f(x_b; theta(x_a, c))`` over N(0, I) (Dinh et al. 2017).
 
-    The generic scheme *coupling conditioner × elementwise map*; :class:`NICE`, :class:`RealNVP`
+    The generic scheme *coupling conditioner × elementwise map*; :class:`NICE` and :class:`RealNVP`
     are its named presets (:class:`pushforward.flows.NeuralSplineFlow` uses its layers).
 
     Args:
