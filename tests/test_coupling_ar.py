@@ -403,3 +403,32 @@ def test_nice_learns_8gaussians_from_its_default_init():
     # (still on the saddle's plateau for most of it); from the default init at ~2.28.
     assert start > 2.8
     assert end < start - 0.45, (start, end)
+
+
+def test_each_name_rejects_the_options_it_does_not_have():
+    with pytest.raises(TypeError, match=r"option\(s\) \['scale_bound'\]"):
+        pf.build("nice", 3, scale_bound=2.0)
+    with pytest.raises(TypeError, match=r"option\(s\) \['init_std'\]"):
+        pf.build("realnvp", 3, init_std=0.1)
+    with pytest.raises(TypeError, match=r"option\(s\) \['mask'\]"):
+        pf.build("maf", 3, mask="halves")
+    with pytest.raises(TypeError, match=r"option\(s\) \['bins'\]"):
+        pf.build("iaf", 3, bins=4)
+
+
+def test_named_flows_are_presets_of_the_generic_schemes():
+    from pushforward.flows import IAF, MAF, NICE, AutoregressiveFlow, CouplingFlow, NeuralSplineFlow, RealNVP
+
+    for name, cls, scheme in [("nice", NICE, CouplingFlow), ("realnvp", RealNVP, CouplingFlow),
+                              ("maf", MAF, AutoregressiveFlow), ("iaf", IAF, AutoregressiveFlow)]:
+        model = pf.build(name, 3)
+        assert type(model) is cls and isinstance(model, scheme), (name, type(model))
+    assert not isinstance(pf.build("iaf", 3), MAF)
+    # The same layers from the generic class: equal weights under one seed, equal densities.
+    torch.manual_seed(0)
+    named = pf.build("nsf", 3, transforms=2, hidden=(16,), bins=4)
+    torch.manual_seed(0)
+    generic = CouplingFlow(3, elementwise=Chain(Affine(), RationalQuadraticSpline(4, 5.0)), transforms=2, hidden=(16,))
+    assert isinstance(named, NeuralSplineFlow)
+    assert named.state_dict().keys() == generic.state_dict().keys()
+    assert all(torch.equal(v, generic.state_dict()[k]) for k, v in named.state_dict().items())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pushforward as pf
-from pushforward.builders.glow import GlowFlow
+from pushforward.flows import GlowFlow
 from pushforward.transforms.glow import (
     ActNorm2d,
     InvertibleConv1x1,

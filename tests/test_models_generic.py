@@ -250,11 +250,48 @@ def test_config_records_builder_defaults_so_a_changed_default_cannot_break_loadi
     orig = entry.factory
     t0 = model.config["transforms"]
 
-    def changed(dim, context_dim=0, image_shape=None, *, transforms=t0 + 3, **kw):
-        return orig(dim, context_dim, image_shape, transforms=transforms, **kw)
+    class Changed(orig):  # a later version of the class, with another default for `transforms`
+        def __init__(self, dim, context_dim=0, *, transforms=t0 + 3, **kw):
+            super().__init__(dim, context_dim, transforms=transforms, **kw)
 
-    monkeypatch.setitem(reg._REGISTRY, "realnvp", dataclasses.replace(entry, factory=changed))
+    monkeypatch.setitem(reg._REGISTRY, "realnvp", dataclasses.replace(entry, factory=Changed))
     again = pf.load(tmp_path / "m.pt")
     x = torch.randn(5, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(again.log_prob(x), model.log_prob(x))
+
+
+NORMALIZING_FLOW_NAMES = ["nice", "realnvp", "maf", "iaf", "nsf", "planar", "radial", "residual", "cdf", "glow"]
+
+
+@pytest.mark.parametrize("flow_name", NORMALIZING_FLOW_NAMES)
+def test_a_changed_class_default_does_not_change_a_reloaded_flow(flow_name, tmp_path, monkeypatch):
+    import dataclasses
+    import inspect
+
+    import pushforward.registry as reg
+
+    torch.manual_seed(0)
+    model = pf.build(flow_name, **_kwargs(flow_name))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pf.save(model, tmp_path / "m.pt")
+    entry = reg.entry(flow_name)
+    key, value = next((k, v) for k, v in entry.options().items() if type(v) is int)
+    # A later version of the class whose signature gives `key` another default.
+    sig = inspect.signature(entry.factory)
+    params = [p.replace(default=value + 1) if p.name == key else p for p in sig.parameters.values()]
+
+    def later(*args, **kwargs):
+        return entry.factory(*args, **kwargs)
+
+    later.__signature__ = sig.replace(parameters=params)
+    monkeypatch.setitem(reg._REGISTRY, flow_name, dataclasses.replace(entry, factory=later))
+    assert reg.entry(flow_name).options()[key] == value + 1
+    again = pf.load(tmp_path / "m.pt")
+    assert again.config[key] == value
+    x = _data(flow_name).float()
+    model.eval(), again.eval()
     with torch.no_grad():
         torch.testing.assert_close(again.log_prob(x), model.log_prob(x))

@@ -3,9 +3,11 @@
 import importlib
 
 for _mod in (
-    "pushforward.builders.coupling_ar",
-    "pushforward.builders.elementary",
-    "pushforward.builders.glow",
+    "pushforward.flows.coupling",
+    "pushforward.flows.autoregressive",
+    "pushforward.flows.spline",
+    "pushforward.flows.elementary",
+    "pushforward.flows.glow",
     "pushforward.builders.continuous",
     "pushforward.builders.score",
     "pushforward.builders.matching",

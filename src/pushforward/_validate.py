@@ -77,3 +77,33 @@ def check_int_range(value: int, name: str, low: int = 1, high: int | None = None
     else:
         want = {1: "a positive integer", 0: "a non-negative integer"}.get(low, f"an integer >= {low}")
     raise ValueError(f"{name} must be {want}, got {value!r}")
+
+
+def check_positive_int(value: int, name: str) -> int:
+    """Return ``value`` if it is a positive integer (not a bool), else raise naming ``name``."""
+    return check_int_range(value, name, 1)
+
+
+def check_widths(widths: Sequence[int], name: str = "hidden") -> tuple[int, ...]:
+    """Return hidden-layer widths as a non-empty tuple of positive ints, else raise naming ``name``."""
+    try:
+        out = tuple(int(w) for w in widths)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of layer widths, got {widths!r}") from None
+    if not out or any(w < 1 for w in out):
+        raise ValueError(f"{name} must be a non-empty sequence of positive layer widths, got {widths!r}")
+    return out
+
+
+def check_choice(value, choices: Sequence, name: str):
+    """Return ``value`` if it is one of ``choices``, else raise listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_open_interval(value: float, low: float, high: float, name: str, why: str = "") -> float:
+    """Return ``value`` as a float if ``low < value < high`` (a real number, not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise ValueError(f"{name} must be in ({low:g}, {high:g}){why}, got {value!r}")
+    return float(value)

@@ -77,14 +77,8 @@ class MADE(nn.Module):
     """
 
     def __init__(
-        self,
-        dim: int,
-        num_params: int = 1,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        order: str | Sequence[int] | Tensor = "natural",
-        seed: int = 0,
-        activation: str = "relu",
+        self, dim: int, num_params: int = 1, context_dim: int = 0, hidden: Sequence[int] = (64, 64),
+        order: str | Sequence[int] | Tensor = "natural", seed: int = 0, activation: str = "relu",
     ):
         super().__init__()
         hidden = tuple(int(h) for h in hidden)

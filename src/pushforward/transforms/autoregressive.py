@@ -47,14 +47,8 @@ class MaskedAutoregressive(Transform):
     """
 
     def __init__(
-        self,
-        dim: int,
-        elementwise: ElementwiseMap,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        order: str | Sequence[int] | Tensor = "natural",
-        seed: int = 0,
-        activation: str = "relu",
+        self, dim: int, elementwise: ElementwiseMap, context_dim: int = 0, hidden: Sequence[int] = (64, 64),
+        order: str | Sequence[int] | Tensor = "natural", seed: int = 0, activation: str = "relu",
     ):
         super().__init__()
         self.dim, self.context_dim = int(dim), int(context_dim)
@@ -81,36 +75,17 @@ class MaskedAutoregressive(Transform):
 class AffineAutoregressive(MaskedAutoregressive):
     """MAF affine layer ``z_i = x_i exp(s_i) + t_i`` with soft-clamped ``s_i`` (Papamakarios et al. 2017)."""
 
-    def __init__(
-        self,
-        dim: int,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        order="natural",
-        seed: int = 0,
-        activation: str = "relu",
-        scale_bound: float = 3.0,
-    ):
+    def __init__(self, dim: int, context_dim: int = 0, hidden: Sequence[int] = (64, 64), order="natural",
+                 seed: int = 0, activation: str = "relu", scale_bound: float = 3.0):
         super().__init__(dim, Affine(scale_bound), context_dim, hidden, order, seed, activation)
 
 
 class SplineAutoregressive(MaskedAutoregressive):
     """Autoregressive rational-quadratic spline layer (Durkan et al. 2019, NSF-AR)."""
 
-    def __init__(
-        self,
-        dim: int,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        order="natural",
-        seed: int = 0,
-        activation: str = "relu",
-        bins: int = 8,
-        tail_bound: float = 5.0,
-    ):
-        super().__init__(
-            dim, RationalQuadraticSpline(bins, tail_bound), context_dim, hidden, order, seed, activation
-        )
+    def __init__(self, dim: int, context_dim: int = 0, hidden: Sequence[int] = (64, 64), order="natural",
+                 seed: int = 0, activation: str = "relu", bins: int = 8, tail_bound: float = 5.0):
+        super().__init__(dim, RationalQuadraticSpline(bins, tail_bound), context_dim, hidden, order, seed, activation)
 
 
 def inverse_autoregressive(layer: MaskedAutoregressive) -> Inverse:

@@ -169,41 +169,22 @@ class AdditiveCoupling(Coupling):
     because a zero-initialised additive layer gets no expected gradient on symmetric data.
     """
 
-    def __init__(
-        self,
-        mask,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        activation: str = "relu",
-        init_std: float = ADDITIVE_INIT_STD,
-    ):
+    def __init__(self, mask, context_dim: int = 0, hidden: Sequence[int] = (64, 64), activation: str = "relu",
+                 init_std: float = ADDITIVE_INIT_STD):
         super().__init__(mask, Additive(), context_dim, hidden, activation, init_std)
 
 
 class AffineCoupling(Coupling):
     """RealNVP coupling ``z_b = x_b exp(s(x_a)) + t(x_a)`` with soft-clamped ``s`` (Dinh et al. 2017)."""
 
-    def __init__(
-        self,
-        mask,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        activation: str = "relu",
-        scale_bound: float = 3.0,
-    ):
+    def __init__(self, mask, context_dim: int = 0, hidden: Sequence[int] = (64, 64), activation: str = "relu",
+                 scale_bound: float = 3.0):
         super().__init__(mask, Affine(scale_bound), context_dim, hidden, activation)
 
 
 class SplineCoupling(Coupling):
     """Rational-quadratic spline coupling (Durkan et al. 2019), identity outside ``[-B, B]``."""
 
-    def __init__(
-        self,
-        mask,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        activation: str = "relu",
-        bins: int = 8,
-        tail_bound: float = 5.0,
-    ):
+    def __init__(self, mask, context_dim: int = 0, hidden: Sequence[int] = (64, 64), activation: str = "relu",
+                 bins: int = 8, tail_bound: float = 5.0):
         super().__init__(mask, RationalQuadraticSpline(bins, tail_bound), context_dim, hidden, activation)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pushforward._validate import check_positive_int
 from pushforward.transforms.base import Compose, Transform, sum_except_batch
 
 __all__ = [
@@ -400,10 +401,8 @@ class MultiScaleGlow(Transform):
     ):
         super().__init__()
         c, h, w = (int(s) for s in image_shape)
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-            raise ValueError(f"levels must be a positive integer, got {levels!r}")
-        if isinstance(steps_per_level, bool) or not isinstance(steps_per_level, int) or steps_per_level < 1:
-            raise ValueError(f"steps_per_level must be a positive integer, got {steps_per_level!r}")
+        check_positive_int(levels, "levels")
+        check_positive_int(steps_per_level, "steps_per_level")
         if h % 2**levels or w % 2**levels:
             raise ValueError(
                 f"image height and width must be divisible by 2**levels = {2**levels} "
@@ -429,13 +428,14 @@ class MultiScaleGlow(Transform):
                 c = keep
         self.top = _TopPrior(c, context_dim, scale_bound) if context_dim else None
 
-    def _run(self, x: Tensor, context: Tensor | None, init: bool) -> tuple[Tensor, Tensor]:
+    def _check_event(self, x: Tensor, what: str) -> None:
         if tuple(x.shape[1:]) != self.image_shape:
             expected = ", ".join(str(s) for s in self.image_shape)
-            raise ValueError(f"MultiScaleGlow expects images of shape [N, {expected}], got {list(x.shape)}")
-        ladj = x.new_zeros(x.shape[0])
-        outs = []
-        h = x
+            raise ValueError(f"MultiScaleGlow expects {what} of shape [N, {expected}], got {list(x.shape)}")
+
+    def _run(self, x: Tensor, context: Tensor | None, init: bool) -> tuple[Tensor, Tensor]:
+        self._check_event(x, "images")
+        ladj, outs, h = x.new_zeros(x.shape[0]), [], x
         for i in range(self.num_levels):
             h = squeeze2d(h)
             if init:
@@ -463,12 +463,8 @@ class MultiScaleGlow(Transform):
         return self._run(x, context, init=False)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if tuple(z.shape[1:]) != self.image_shape:
-            expected = ", ".join(str(s) for s in self.image_shape)
-            raise ValueError(f"MultiScaleGlow expects latents of shape [N, {expected}], got {list(z.shape)}")
-        ladj = z.new_zeros(z.shape[0])
-        outs = []
-        h = z
+        self._check_event(z, "latents")
+        ladj, outs, h = z.new_zeros(z.shape[0]), [], z
         for i in range(self.num_levels):
             h = squeeze2d(h)
             if i < self.num_levels - 1:

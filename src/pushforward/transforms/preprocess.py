@@ -1,6 +1,6 @@
 """Preprocessing for discrete (integer-valued) image data: dequantization, scaling, logit.
 
-Units used throughout (and by :class:`pushforward.builders.glow.GlowFlow`):
+Units used throughout (and by :class:`pushforward.flows.GlowFlow`):
 
 * **Bin units.** A pixel with integer value ``k`` in ``{0, ..., num_bins - 1}`` owns the bin
   ``[k - 1/2, k + 1/2)`` of width 1: integers sit at bin centres. Uniform dequantization adds

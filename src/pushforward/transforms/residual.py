@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from pushforward.transforms.base import Transform
 
-_LOGDET_MODES = ("exact", "estimate", "auto")
+LOGDET_MODES = ("exact", "estimate", "auto")
 
 
 class LipSwish(nn.Module):
@@ -298,27 +298,16 @@ class ResidualBlock(Transform):
     """
 
     def __init__(
-        self,
-        dim: int,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        lipschitz: float = 0.97,
-        logdet: str = "auto",
-        exact_max_dim: int = 16,
-        n_exact_terms: int = 2,
-        geom_p: float = 0.5,
-        n_probes: int = 1,
-        eval_exact_max_dim: int = 128,
-        eval_probes: int = 32,
-        eval_max_terms: int = 200,
-        max_iter: int = 2000,
-        tol: float | None = None,
+        self, dim: int, context_dim: int = 0, hidden: Sequence[int] = (64, 64), lipschitz: float = 0.97,
+        logdet: str = "auto", exact_max_dim: int = 16, n_exact_terms: int = 2, geom_p: float = 0.5,
+        n_probes: int = 1, eval_exact_max_dim: int = 128, eval_probes: int = 32, eval_max_terms: int = 200,
+        max_iter: int = 2000, tol: float | None = None,
     ):
         super().__init__()
         if not 0.0 < lipschitz < 1.0:
             raise ValueError(f"lipschitz must be in (0, 1) for the block to be invertible, got {lipschitz!r}")
-        if logdet not in _LOGDET_MODES:
-            raise ValueError(f"logdet must be one of {_LOGDET_MODES}, got {logdet!r}")
+        if logdet not in LOGDET_MODES:
+            raise ValueError(f"logdet must be one of {LOGDET_MODES}, got {logdet!r}")
         if not 0.0 < geom_p < 1.0:
             raise ValueError(f"geom_p must be in (0, 1), got {geom_p!r}")
         if n_exact_terms < 0 or n_probes < 1 or eval_probes < 1:

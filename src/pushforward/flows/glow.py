@@ -1,7 +1,9 @@
 """Glow for images: ``pf.build("glow", image_shape=(C, H, W))``.
 
 Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions", with the
-logit preprocessing and multi-scale factoring of Dinh et al. (2017), "Real NVP".
+logit preprocessing and multi-scale factoring of Dinh et al. (2017), "Real NVP". The layers are
+in :mod:`pushforward.transforms.glow`; this module adds the data units, the support and the
+bits-per-dimension loss.
 
 Example (sklearn's 8x8 digits, integer pixels 0..16):
     >>> import pushforward as pf, torch
@@ -20,14 +22,31 @@ import torch
 from torch import Tensor
 
 from pushforward.distributions import StandardNormal
-from pushforward.flows import NormalizingFlow
+from pushforward.flows.base import NormalizingFlow
 from pushforward.registry import register
 from pushforward.transforms.glow import ActNorm2d, MultiScaleGlow, default_levels
 from pushforward.transforms.preprocess import Logit, ScaleToUnit, bits_per_dim, uniform_dequantize
 
-__all__ = ["GlowFlow", "glow"]
+__all__ = ["GlowFlow"]
 
 
+def _check_image_shape(image_shape, dim: int | None, levels: int | None) -> tuple[tuple[int, int, int], int]:
+    """``(image_shape, levels)`` checked against ``dim``, with the default number of levels."""
+    if image_shape is None:
+        raise ValueError(
+            "glow is an image model: pass image_shape=(C, H, W), e.g. pf.build('glow', image_shape=(1, 8, 8))"
+        )
+    c, h, w = (int(s) for s in image_shape)
+    if dim is not None and dim != c * h * w:
+        raise ValueError(f"dim={dim} does not match image_shape={tuple(image_shape)} (C*H*W = {c * h * w})")
+    if levels is None:
+        levels = default_levels(h, w)
+        if levels == 0:
+            raise ValueError(f"glow needs even image height and width (each level squeezes by 2), got H={h}, W={w}")
+    return (c, h, w), levels
+
+
+@register("glow", "Glow (Kingma & Dhariwal 2018): multi-scale ActNorm + 1x1 conv + affine coupling image flow")
 class GlowFlow(NormalizingFlow):
     """Glow over images ``[N, C, H, W]``, a density in the user's data units.
 
@@ -53,11 +72,19 @@ class GlowFlow(NormalizingFlow):
     ``[0, 1]``); ``temperature`` scales the latent (Glow uses 0.7), ``quantize=True`` rounds to
     the levels.
 
+    The defaults suit tiny images (8x8 digits train in CPU minutes).
+
     Args:
-        image_shape: ``(C, H, W)``.
+        image_shape: ``(C, H, W)``, required.
         context_dim: size of a conditioning vector, e.g. one-hot class labels (0: unconditional).
-        levels, steps_per_level, hidden_channels, split_prior, scale_bound: see
-            :class:`pushforward.transforms.glow.MultiScaleGlow`.
+        dim: ``C * H * W`` (may be omitted; checked against ``image_shape`` when given).
+        levels: number of squeeze levels; ``None``: as many as keep the last level at least 2x2,
+            at most 3 (8x8 -> 2, 16x16 and 32x32 -> 3).
+        steps_per_level: ActNorm/1x1-conv/coupling steps per level.
+        hidden_channels: width of the coupling conv nets.
+        split_prior: learned conditional prior for factored-out channels (as in Glow).
+        scale_bound: bound on coupling/prior log-scales (see
+            :class:`pushforward.transforms.glow.MultiScaleGlow`).
         num_bins: number of discrete levels ``B`` (256 for 8-bit images, 17 for sklearn digits),
             or ``None`` for continuous data in ``[0, 1]``.
         unit_range: data are ``k / (B - 1)`` floats in ``[0, 1]`` instead of integers ``k``.
@@ -67,19 +94,12 @@ class GlowFlow(NormalizingFlow):
     standardize_by_default = False
 
     def __init__(
-        self,
-        image_shape: Sequence[int],
-        context_dim: int = 0,
-        levels: int = 2,
-        steps_per_level: int = 4,
-        hidden_channels: int = 64,
-        num_bins: int | None = 256,
-        unit_range: bool = False,
-        alpha: float = 0.05,
-        split_prior: bool = True,
+        self, image_shape: Sequence[int] | None = None, context_dim: int = 0, *, dim: int | None = None,
+        levels: int | None = None, steps_per_level: int = 4, hidden_channels: int = 64,
+        num_bins: int | None = 256, unit_range: bool = False, alpha: float = 0.05, split_prior: bool = True,
         scale_bound: float = 2.0,
     ):
-        image_shape = tuple(int(s) for s in image_shape)
+        image_shape, levels = _check_image_shape(image_shape, dim, levels)
         if num_bins is not None and (isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2):
             raise ValueError(f"num_bins must be an integer >= 2 (or None for continuous [0, 1] data), got {num_bins!r}")
         if unit_range and num_bins is None:
@@ -213,60 +233,3 @@ class GlowFlow(NormalizingFlow):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_bins={self.num_bins}, unit_range={self.unit_range}"
-
-
-@register("glow", "Glow (Kingma & Dhariwal 2018): multi-scale ActNorm + 1x1 conv + affine coupling image flow")
-def glow(
-    dim: int | None = None,
-    context_dim: int = 0,
-    image_shape: Sequence[int] | None = None,
-    *,
-    levels: int | None = None,
-    steps_per_level: int = 4,
-    hidden_channels: int = 64,
-    num_bins: int | None = 256,
-    unit_range: bool = False,
-    alpha: float = 0.05,
-    split_prior: bool = True,
-    scale_bound: float = 2.0,
-) -> GlowFlow:
-    """Glow for images ``[N, C, H, W]``; defaults suit tiny images (8x8 digits train in CPU minutes).
-
-    Args:
-        dim: ``C * H * W`` (may be omitted when ``image_shape`` is given).
-        context_dim: conditioning vector size (e.g. 10 for one-hot digit classes).
-        image_shape: ``(C, H, W)``, required.
-        levels: number of squeeze levels; ``None``: as many as keep the last level at least 2x2,
-            at most 3 (8x8 -> 2, 16x16 and 32x32 -> 3).
-        steps_per_level: ActNorm/1x1-conv/coupling steps per level.
-        hidden_channels: width of the coupling conv nets.
-        num_bins: discrete levels of the data (default 256; 17 for sklearn digits), or ``None``
-            for continuous data in ``[0, 1]``.
-        unit_range: data given as ``k / (num_bins - 1)`` in ``[0, 1]`` rather than integers.
-        alpha: logit margin.
-        split_prior: learned conditional prior for factored-out channels (as in Glow).
-        scale_bound: bound on coupling/prior log-scales.
-    """
-    if image_shape is None:
-        raise ValueError(
-            "glow is an image model: pass image_shape=(C, H, W), e.g. pf.build('glow', image_shape=(1, 8, 8))"
-        )
-    c, h, w = image_shape
-    if dim is not None and dim != c * h * w:
-        raise ValueError(f"dim={dim} does not match image_shape={tuple(image_shape)} (C*H*W = {c * h * w})")
-    if levels is None:
-        levels = default_levels(h, w)
-        if levels == 0:
-            raise ValueError(f"glow needs even image height and width (each level squeezes by 2), got H={h}, W={w}")
-    return GlowFlow(
-        image_shape,
-        context_dim=context_dim,
-        levels=levels,
-        steps_per_level=steps_per_level,
-        hidden_channels=hidden_channels,
-        num_bins=num_bins,
-        unit_range=unit_range,
-        alpha=alpha,
-        split_prior=split_prior,
-        scale_bound=scale_bound,
-    )

@@ -1,7 +1,4 @@
-"""Normalizing flows: a bijection composed with a base distribution.
-
-``log p(x) = log p_base(z) + log|det dz/dx|`` with ``z = T(x)`` (change of variables).
-"""
+"""NormalizingFlow: a density ``p(x) = p_base(T(x)) |det dT/dx|`` for any stack of transforms."""
 
 from __future__ import annotations
 
