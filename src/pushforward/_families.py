@@ -7,7 +7,7 @@ for _mod in (
     "pushforward.builders.elementary",
     "pushforward.builders.glow",
     "pushforward.builders.continuous",
-    "pushforward.builders.score",
+    "pushforward.score.model",
     "pushforward.builders.matching",
     "pushforward.builders.policy",
 ):

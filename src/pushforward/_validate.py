@@ -61,3 +61,42 @@ def check_context(context: Tensor | None, context_dim: int, n: int | None) -> Te
         rows = "N" if n is None else str(n)
         raise ValueError(f"context must have shape [{rows}, {context_dim}], got {list(context.shape)}")
     return check_finite(context, "context")
+
+
+def check_choice(value, options: Sequence, name: str):
+    """Return ``value`` if it is one of ``options``, else raise naming both."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return value
+
+
+def check_positive_int(value, name: str) -> int:
+    """Return ``value`` if it is an integer >= 1 (not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_positive_float(value, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_widths(widths, name: str = "hidden") -> tuple[int, ...]:
+    """Return layer widths as a non-empty tuple of positive ints, else raise naming ``widths``."""
+    try:
+        out = tuple(int(h) for h in widths)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a tuple of layer widths, got {widths!r}") from None
+    if not out or any(h <= 0 for h in out):
+        raise ValueError(f"{name} must be a non-empty tuple of positive widths, got {widths!r}")
+    return out
+
+
+def check_embed_size(value, name: str = "time_embed") -> int:
+    """Return a sinusoidal embedding size: a non-negative even integer (0: no embedding)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % 2:
+        raise ValueError(f"{name} must be a non-negative even integer, got {value!r}")
+    return value
