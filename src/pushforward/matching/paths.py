@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pushforward._validate import check_choice
+
 
 def expand_time(t: Tensor | float, x: Tensor) -> Tensor:
     """Broadcast times to a batch ``x`` ``[N, ...]`` (dtype and device of ``x``).
@@ -45,24 +47,8 @@ def expand_time(t: Tensor | float, x: Tensor) -> Tensor:
                      "give a float, [], [N] or [N, 1, ..., 1]")
 
 
-# --------------------------------------------------------------------------- schedulers
-class Scheduler:
-    """``(alpha_t, sigma_t)`` of an affine path and their time derivatives (elementwise in ``t``).
-
-    A scheduler holds only Python floats: it pickles with its model and compares by value.
-    """
-
-    def alpha(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def d_alpha(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def d_sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+class ByValue:
+    """An object of Python-float parameters: repr, equality and hash by value (it pickles as is)."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
@@ -73,6 +59,27 @@ class Scheduler:
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted(vars(self).items()))))
+
+
+# --------------------------------------------------------------------------- schedulers
+class Scheduler(ByValue):
+    """``(alpha_t, sigma_t)`` of an affine path and their time derivatives (elementwise in ``t``)."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        """``alpha_t``, the weight of the data ``x_1``."""
+        raise NotImplementedError
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """``sigma_t``, the weight of the noise ``x_0``."""
+        raise NotImplementedError
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        """``d alpha_t / dt``."""
+        raise NotImplementedError
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        """``d sigma_t / dt``."""
+        raise NotImplementedError
 
 
 class CondOTScheduler(Scheduler):
@@ -238,9 +245,7 @@ def get_scheduler(name: str | Scheduler, **kwargs) -> Scheduler:
     """A scheduler by name (``ot``, ``polynomial``, ``vp``, ``subvp``, ``ve``, ``cosine``) or pass one through."""
     if isinstance(name, Scheduler):
         return name
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown path {name!r}; choose from {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](**kwargs)
+    return SCHEDULERS[check_choice(name, tuple(SCHEDULERS), "path")](**kwargs)
 
 
 # --------------------------------------------------------------------------- paths

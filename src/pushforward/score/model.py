@@ -43,8 +43,6 @@ PARAMETRIZATIONS = ("eps", "score")
 _TRACE_ACTIVATIONS = {nn.SiLU: "silu", nn.Tanh: "tanh", nn.ELU: "elu"}
 WEIGHTINGS = ("sigma2", "likelihood")
 SAMPLERS = ("ode", "em", "pc")
-# The SDE's own options: used when ``sde`` is a name, refused next to an SDE object.
-_SDE_OPTIONS = ("beta_min", "beta_max", "sigma_min", "sigma_max", "s_eps")
 
 
 class ScoreModel(ContinuousFlow):
@@ -140,15 +138,8 @@ class ScoreModel(ContinuousFlow):
         rtol: float = 1e-5,
     ):
         event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-        sde_options = dict(beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max, s_eps=s_eps)
-        if isinstance(sde, str):
-            sde = make_sde(check_choice(sde, tuple(SDES), "sde"), math.prod(event_shape), **sde_options)
-        elif not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a pushforward.score.SDE or one of {tuple(SDES)}, got {type(sde).__name__}")
-        else:
-            given = [k for k in _SDE_OPTIONS if sde_options[k] != ScoreModel.__init__.__kwdefaults__[k]]
-            if given:
-                raise ValueError(f"options {given} are the SDE's: pass them to the SDE object or give sde by name")
+        sde = _resolve_sde(sde, math.prod(event_shape), dict(beta_min=beta_min, beta_max=beta_max,
+                                                             sigma_min=sigma_min, sigma_max=sigma_max, s_eps=s_eps))
         # The PF ODE runs in library time from the prior (t = 0, s = 1) to t = 1 - s_eps: the
         # base class's sample/log_prob/trajectory then serve it unchanged.
         super().__init__(event_shape, context_dim, base=SDEPrior(event_shape, sde.prior_std),
@@ -404,6 +395,20 @@ class ScoreModel(ContinuousFlow):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, sde={self.sde!r}, parametrization={self.parametrization!r}, "
                 f"weighting={self.weighting!r}, importance={self.importance}, sampler={self.default_sampler!r}")
+
+
+def _resolve_sde(sde: SDE | str, dim: int, options: dict) -> SDE:
+    """``sde`` itself, or the SDE of that name built from ``options`` (the SDE's own parameters,
+    which are refused next to an SDE object: they would be silently ignored)."""
+    if isinstance(sde, str):
+        return make_sde(sde, dim, **options)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a pushforward.score.SDE or one of {tuple(SDES)}, got {type(sde).__name__}")
+    defaults = ScoreModel.__init__.__kwdefaults__
+    given = [k for k, v in options.items() if v != defaults[k]]
+    if given:
+        raise ValueError(f"options {given} belong to the SDE: pass them to the SDE object or give sde by name")
+    return sde
 
 
 def _vector_inputs(dim: int, context_dim: int, image_shape, options: dict) -> dict:

@@ -62,6 +62,11 @@ def _normal_log_prob(x: Tensor, std: float) -> Tensor:
     return sum_except_batch(-0.5 * x.pow(2) / v - 0.5 * math.log(v) - 0.5 * LOG_2PI)
 
 
+def _from_scheduler(name: str) -> property:
+    # The SDE's parameters live once, in its scheduler.
+    return property(lambda self: getattr(self.scheduler, name), doc=f"The scheduler's ``{name}``.")
+
+
 def _check_s_eps(s_eps: float) -> float:
     if isinstance(s_eps, bool) or not isinstance(s_eps, (int, float)) or not (0 < s_eps < 0.5):
         raise ValueError(f"s_eps must be in (0, 0.5), got {s_eps!r}")
@@ -179,13 +184,8 @@ class VPSDE(SDE):
             raise ValueError(f"beta_max ({beta_max}) must be >= beta_min ({beta_min})")
         super().__init__(self._scheduler(beta_min, beta_max, eps=0.0), s_eps, prior_std=1.0)
 
-    @property
-    def beta_min(self) -> float:  # noqa: D102
-        return self.scheduler.beta_min
-
-    @property
-    def beta_max(self) -> float:  # noqa: D102
-        return self.scheduler.beta_max
+    beta_min = _from_scheduler("beta_min")
+    beta_max = _from_scheduler("beta_max")
 
     def beta(self, s: TimeLike) -> Tensor:
         """``beta(s)``, the linear noise rate."""
@@ -239,18 +239,9 @@ class VESDE(SDE):
             raise ValueError(f"sigma_max ({sigma_max}) must be > sigma_min ({sigma_min})")
         super().__init__(VEScheduler(sigma_min, sigma_max), s_eps, prior_std=float(sigma_max))
 
-    @property
-    def sigma_min(self) -> float:  # noqa: D102
-        return self.scheduler.sigma_min
-
-    @property
-    def sigma_max(self) -> float:  # noqa: D102
-        return self.scheduler.sigma_max
-
-    @property
-    def log_ratio(self) -> float:
-        """``log(sigma_max / sigma_min)``."""
-        return self.scheduler.log_ratio
+    sigma_min = _from_scheduler("sigma_min")
+    sigma_max = _from_scheduler("sigma_max")
+    log_ratio = _from_scheduler("log_ratio")
 
     def diffusion(self, s: TimeLike) -> Tensor:
         """``g(s) = sigma(s) sqrt(2 log(sigma_max / sigma_min))``."""
