@@ -463,3 +463,15 @@ def test_other_networks_use_autograd_for_the_divergence():
             model.velocity_with_divergence(x, 0.5)
         with torch.no_grad():
             assert torch.isfinite(model.log_prob(x, solver="rk4", steps=4)).all()
+
+
+def test_an_sde_pickled_before_sdes_held_a_scheduler_still_loads():
+    import pickle
+
+    for cls, state in ((VPSDE, {"beta_min": 0.1, "beta_max": 15.0, "s_eps": 1e-3, "prior_std": 1.0}),
+                       (VESDE, {"sigma_min": 0.01, "sigma_max": 5.0, "s_eps": 1e-5, "prior_std": 5.0})):
+        old = cls.__new__(cls)
+        old.__dict__.update(state)  # the attributes the previous version pickled
+        new = pickle.loads(pickle.dumps(old))
+        assert new == cls(*[state[k] for k in list(state)[:3]])
+        assert pickle.loads(pickle.dumps(new)) == new

@@ -163,6 +163,14 @@ class SDE:
 
     __hash__ = None  # mutable float holder
 
+    def __setstate__(self, state: dict) -> None:
+        if "path" not in state:
+            # A VP/sub-VP/VE SDE pickled before SDEs held a scheduler (a hand-assembled model saved
+            # whole): its floats are exactly its constructor's arguments, plus the derived prior_std.
+            type(self).__init__(self, **{k: v for k, v in state.items() if k != "prior_std"})
+            return
+        self.__dict__.update(state)
+
 
 class VPSDE(SDE):
     """Variance-preserving SDE (Song et al. 2021, eq. 11; the continuous limit of DDPM)::
