@@ -5,7 +5,8 @@ An affine conditional path (Lipman et al. 2024, "Flow Matching Guide and Code", 
 
     x_t = alpha_t x_1 + sigma_t x_0,        d/dt x_t = alpha'_t x_1 + sigma'_t x_0,
 
-with ``alpha_0 ~ 0, sigma_0 ~ 1`` and ``alpha_1 ~ 1, sigma_1 ~ 0``. A scheduler is an object giving
+with ``alpha_0 ~ 0, sigma_0 ~ 1`` and ``alpha_1 ~ 1, sigma_1 ~ 0`` (the variance-exploding path is
+the exception: ``alpha_t = 1``, ``sigma_0 = sigma_max``). A scheduler is an object giving
 ``alpha, sigma, d_alpha, d_sigma`` at times ``t``; :class:`AffinePath` samples the path
 (:class:`PathSample`) and converts between the four usual parametrisations of the learned field
 (velocity, data/x_1 prediction, noise/epsilon prediction, score), all broadcasting ``t`` the same
