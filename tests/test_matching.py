@@ -22,7 +22,9 @@ from pushforward.matching import (
     OTCoupling,
     PolynomialScheduler,
     SinkhornCoupling,
+    SubVPScheduler,
     UniformTime,
+    VEScheduler,
     VPScheduler,
     transport_cost,
 )
@@ -35,6 +37,9 @@ SCHEDULERS = {
     "vp": VPScheduler(),
     "cosine": CosineScheduler(),
 }
+# The score models' SDE paths (their source at t = 0 is not always N(0, I): VE's is N(0, sigma_max^2)).
+SDE_SCHEDULERS = {"vp-eps0": VPScheduler(eps=0.0), "subvp": SubVPScheduler(), "ve": VEScheduler()}
+ALL_SCHEDULERS = {**SCHEDULERS, **SDE_SCHEDULERS}
 D = torch.float64
 
 
@@ -63,9 +68,9 @@ def test_vp_and_sigma_min_endpoints_are_close():
     assert torch.allclose(smin.x_t, x1 + 0.1 * x0)
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", list(ALL_SCHEDULERS))
 def test_target_velocity_is_the_time_derivative(name):
-    path = AffinePath(SCHEDULERS[name])
+    path = AffinePath(ALL_SCHEDULERS[name])
     x0, x1 = _pair()
     t = torch.linspace(0.02, 0.98, x0.shape[0], dtype=D).requires_grad_(True)
     s = path.sample(x0, x1, t)
@@ -86,9 +91,9 @@ def test_bridge_velocity_is_the_time_derivative_for_fixed_noise():
     assert torch.allclose(ends.x_t[:8], x0[:8]) and torch.allclose(ends.x_t[8:], x1[8:])
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", list(ALL_SCHEDULERS))
 def test_conversions_recover_the_conditional_quantities(name):
-    path = AffinePath(SCHEDULERS[name])
+    path = AffinePath(ALL_SCHEDULERS[name])
     x0, x1 = _pair()
     t = torch.linspace(0.05, 0.95, x0.shape[0], dtype=D)
     s = path.sample(x0, x1, t)
@@ -100,8 +105,22 @@ def test_conversions_recover_the_conditional_quantities(name):
     assert torch.allclose(path.target_to_epsilon(x1, **kw), x0, atol=1e-8)
     assert torch.allclose(path.epsilon_to_target(x0, **kw), x1, atol=1e-8)
     score = path.velocity_to_score(s.dx_t, **kw)
-    assert torch.allclose(score, -x0 / SCHEDULERS[name].sigma(t)[:, None], atol=1e-8)
+    assert torch.allclose(score, -x0 / ALL_SCHEDULERS[name].sigma(t)[:, None], atol=1e-8)
     assert torch.allclose(path.score_to_velocity(score, **kw), s.dx_t, atol=1e-8)
+    assert torch.allclose(path.epsilon_to_score(x0, **kw), score, atol=1e-8)
+    assert torch.allclose(path.target_to_score(x1, **kw), score, atol=1e-8)
+    assert torch.allclose(path.score_to_epsilon(score, **kw), x0, atol=1e-8)
+    assert torch.allclose(path.score_to_target(score, **kw), x1, atol=1e-8)
+    A, B = path.epsilon_velocity_coeffs(s.x_t, t)
+    assert torch.allclose(A * s.x_t + B * x0, s.dx_t, atol=1e-8)
+
+
+def test_schedulers_compare_by_value():
+    assert VPScheduler(eps=0.0) == VPScheduler(eps=0.0) and VPScheduler() != VPScheduler(eps=0.0)
+    assert SubVPScheduler() != VPScheduler() and AffinePath(VEScheduler()) == AffinePath("ve")
+    assert len({VEScheduler(), VEScheduler()}) == 1
+    with pytest.raises(ValueError, match="sigma_max"):
+        VEScheduler(sigma_min=1.0, sigma_max=0.5)
 
 
 def test_conversions_broadcast_t_like_sample_does():

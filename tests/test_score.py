@@ -1,4 +1,4 @@
-"""Score-based models (pushforward.score): SDE kernels, conversions, DSM, samplers, PF-ODE density.
+"""Score-based models (pushforward.score): SDE kernels, path conversions, DSM, samplers, PF-ODE density.
 
 Ground truth: for Gaussian data N(mu, diag v) every linear SDE keeps p_s Gaussian,
 p_s = N(m(s) mu, m(s)^2 v + sigma(s)^2), so the optimal noise predictor is known in closed form:
@@ -15,26 +15,8 @@ from torch import nn
 
 import pushforward as pf
 from pushforward.distributions import DiagGaussian
-from pushforward.score import (
-    VESDE,
-    VPSDE,
-    GaussianPath,
-    ScoreModel,
-    SubVPSDE,
-    broadcast_time,
-    eps_from_score,
-    eps_from_velocity,
-    eps_from_x0,
-    pf_ode_drift,
-    score_from_eps,
-    score_from_velocity,
-    score_from_x0,
-    velocity_from_eps,
-    velocity_from_score,
-    velocity_from_x0,
-    x0_from_eps,
-    x0_from_score,
-)
+from pushforward.matching.paths import AffinePath, CondOTScheduler, expand_time
+from pushforward.score import VESDE, VPSDE, ScoreModel, SubVPSDE
 
 D64 = torch.float64
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": lambda: VESDE(sigma_max=6.0)}
@@ -145,69 +127,85 @@ def test_sde_argument_errors():
     with pytest.raises(ValueError, match="s_eps"):
         VPSDE(s_eps=0.0)
     with pytest.raises(ValueError, match="time"):
-        broadcast_time(torch.ones(3), torch.ones(4, 2))
+        expand_time(torch.ones(3), torch.ones(4, 2))
 
 
 # ---------------------------------------------------------------------------- conversions
+# The SDE's path converts in library time t = 1 - s (x_1: data, eps = x_0: noise).
 @pytest.mark.parametrize("key", list(SDES))
 def test_conversions_round_trip_and_broadcast(key):
     sde = SDES[key]()
+    path = sde.path
     g = gen(2)
     x = torch.randn(6, 2, dtype=D64, generator=g)
     eps = torch.randn(6, 2, dtype=D64, generator=g)
     s_vec = torch.rand(6, dtype=D64, generator=g) * 0.9 + 0.05
     for s in (0.3, torch.tensor(0.3, dtype=D64), s_vec, s_vec[:, None]):
-        sc = score_from_eps(eps, s, sde)
-        assert torch.allclose(eps_from_score(sc, s, sde), eps)
-        x0 = x0_from_eps(x, eps, s, sde)
-        assert torch.allclose(eps_from_x0(x, x0, s, sde), eps)
-        assert torch.allclose(x0_from_score(x, sc, s, sde), x0)
-        assert torch.allclose(score_from_x0(x, x0, s, sde), sc)
-        u = velocity_from_eps(x, eps, s, sde)
-        assert torch.allclose(velocity_from_score(x, sc, s, sde), u)
-        assert torch.allclose(velocity_from_x0(x, x0, s, sde), u)
-        assert torch.allclose(eps_from_velocity(x, u, s, sde), eps)
-        assert torch.allclose(score_from_velocity(x, u, s, sde), sc)
-        # PF-ODE drift from the path coefficients = f - g^2/2 score from the SDE coefficients
-        sb = broadcast_time(s, x)
-        assert torch.allclose(pf_ode_drift(x, sc, s, sde), sde.drift(x, s) - 0.5 * sde.diffusion(sb) ** 2 * sc)
+        t = 1 - torch.as_tensor(s, dtype=D64)
+        sc = path.epsilon_to_score(eps, x, t)
+        assert torch.allclose(path.score_to_epsilon(sc, x, t), eps)
+        x1 = path.epsilon_to_target(eps, x, t)
+        assert torch.allclose(path.target_to_epsilon(x1, x, t), eps)
+        assert torch.allclose(path.score_to_target(sc, x, t), x1)
+        assert torch.allclose(path.target_to_score(x1, x, t), sc)
+        u = path.epsilon_to_velocity(eps, x, t)
+        assert torch.allclose(path.score_to_velocity(sc, x, t), u)
+        assert torch.allclose(path.target_to_velocity(x1, x, t), u)
+        assert torch.allclose(path.velocity_to_epsilon(u, x, t), eps)
+        assert torch.allclose(path.velocity_to_score(u, x, t), sc)
+        # PF-ODE drift in s (minus the velocity) from the path = f - g^2/2 score from the SDE coefficients
+        sb = expand_time(s, x)
+        assert torch.allclose(-path.score_to_velocity(sc, x, t), sde.drift(x, s) - 0.5 * sde.diffusion(sb) ** 2 * sc)
     # the same s given as a float, [N] and [N, 1] gives the same rows
-    a = velocity_from_eps(x, eps, s_vec, sde)
-    b = velocity_from_eps(x, eps, s_vec[:, None], sde)
-    c = torch.stack([velocity_from_eps(x[i:i + 1], eps[i:i + 1], float(s_vec[i]), sde)[0] for i in range(6)])
+    t_vec = 1 - s_vec
+    a = path.epsilon_to_velocity(eps, x, t_vec)
+    b = path.epsilon_to_velocity(eps, x, t_vec[:, None])
+    c = torch.stack([path.epsilon_to_velocity(eps[i:i + 1], x[i:i + 1], 1 - float(s_vec[i]))[0] for i in range(6)])
     assert torch.allclose(a, b) and torch.allclose(a, c)
 
 
 @pytest.mark.parametrize("key", list(SDES))
 def test_conversions_agree_with_the_kernel(key):
-    """For a point mass at x0, E[eps | x_s] = eps exactly and the PF velocity is the path's derivative."""
+    """For a point mass at the data x1, E[eps | x_s] = eps exactly and the PF velocity is the path's derivative."""
     sde = SDES[key]()
     g = gen(3)
-    x0 = torch.randn(5, 2, dtype=D64, generator=g)
+    x1 = torch.randn(5, 2, dtype=D64, generator=g)
     eps = torch.randn(5, 2, dtype=D64, generator=g)
     s = torch.rand(5, dtype=D64, generator=g) * 0.8 + 0.1
-    xs, _ = sde.perturb(x0, s, eps)
-    assert torch.allclose(eps_from_x0(xs, x0, s, sde), eps)
+    xs, _ = sde.perturb(x1, s, eps)
+    assert torch.allclose(sde.path.target_to_epsilon(x1, xs, 1 - s), eps)
     h = 1e-6
-    path = lambda r: sde.perturb(x0, r, eps)[0]  # noqa: E731
+    path = lambda r: sde.perturb(x1, r, eps)[0]  # noqa: E731
     dxdt = -(path(s + h) - path(s - h)) / (2 * h)  # library time t = 1 - s
-    assert torch.allclose(velocity_from_x0(xs, x0, s, sde), dxdt, atol=1e-6, rtol=1e-6)
-    # Gaussian data: Tweedie's formula gives the Gaussian posterior mean of x0
+    assert torch.allclose(sde.path.target_to_velocity(x1, xs, 1 - s), dxdt, atol=1e-6, rtol=1e-6)
+    # Gaussian data: Tweedie's formula gives the Gaussian posterior mean of the data
     est = GaussianEps(sde)
     e = est(xs, s)
     m, sd = sde.mean_coeff(s)[:, None], sde.std(s)[:, None]
     post = MU + m * VAR / (m * m * VAR + sd * sd) * (xs - m * MU)
-    assert torch.allclose(x0_from_eps(xs, e, s, sde), post)
+    assert torch.allclose(sde.path.epsilon_to_target(e, xs, 1 - s), post)
 
 
-def test_gaussian_path_wrapper_matches_a_linear_flow_matching_path():
-    """x = (1 - s) x0 + s eps: the velocity (library time) is x0 - eps, the rectified-flow target."""
-    path = GaussianPath(lambda s: 1 - s, lambda s: s, lambda s: -torch.ones_like(s), lambda s: torch.ones_like(s))
+def test_straight_path_velocity_is_the_rectified_flow_target():
+    """x = (1 - s) x1 + s eps (the straight path at t = 1 - s): the velocity is x1 - eps."""
+    path = AffinePath(CondOTScheduler())
     g = gen(4)
-    x0, eps = torch.randn(4, 2, dtype=D64, generator=g), torch.randn(4, 2, dtype=D64, generator=g)
+    x1, eps = torch.randn(4, 2, dtype=D64, generator=g), torch.randn(4, 2, dtype=D64, generator=g)
     s = torch.rand(4, dtype=D64, generator=g) * 0.8 + 0.1
-    xs = (1 - s[:, None]) * x0 + s[:, None] * eps
-    assert torch.allclose(velocity_from_x0(xs, x0, s, path), x0 - eps)
+    xs = (1 - s[:, None]) * x1 + s[:, None] * eps
+    assert torch.allclose(path.target_to_velocity(x1, xs, 1 - s), x1 - eps)
+
+
+def test_sde_of_any_path_has_the_kernel_of_that_path():
+    """The generic SDE of a scheduler: g^2 from the kernel's variance ODE matches the closed forms."""
+    s = torch.linspace(0.01, 1.0, 50, dtype=D64)
+    for sde in (VPSDE(), SubVPSDE(), VESDE(sigma_max=6.0)):
+        generic = pf.score.SDE(sde.scheduler, sde.s_eps, sde.prior_std)
+        assert torch.allclose(generic.diffusion(s), sde.diffusion(s), rtol=1e-9)
+        assert torch.allclose(generic.drift_coeff(s), sde.drift_coeff(s), rtol=1e-12)
+    straight = pf.score.SDE(CondOTScheduler())  # rectified flow's path: g^2 = 2 s / (1 - s)
+    s = torch.linspace(0.01, 0.9, 20, dtype=D64)
+    assert torch.allclose(straight.diffusion(s) ** 2, 2 * s / (1 - s), rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------- analytic model
@@ -465,3 +463,15 @@ def test_other_networks_use_autograd_for_the_divergence():
             model.velocity_with_divergence(x, 0.5)
         with torch.no_grad():
             assert torch.isfinite(model.log_prob(x, solver="rk4", steps=4)).all()
+
+
+def test_an_sde_pickled_before_sdes_held_a_scheduler_still_loads():
+    import pickle
+
+    for cls, state in ((VPSDE, {"beta_min": 0.1, "beta_max": 15.0, "s_eps": 1e-3, "prior_std": 1.0}),
+                       (VESDE, {"sigma_min": 0.01, "sigma_max": 5.0, "s_eps": 1e-5, "prior_std": 5.0})):
+        old = cls.__new__(cls)
+        old.__dict__.update(state)  # the attributes the previous version pickled
+        new = pickle.loads(pickle.dumps(old))
+        assert new == cls(*[state[k] for k in list(state)[:3]])
+        assert pickle.loads(pickle.dumps(new)) == new

@@ -9,7 +9,7 @@ for _mod in (
     "pushforward.flows.elementary",
     "pushforward.flows.glow",
     "pushforward.builders.continuous",
-    "pushforward.builders.score",
+    "pushforward.score.model",
     "pushforward.builders.matching",
     "pushforward.policy",
 ):

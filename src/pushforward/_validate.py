@@ -107,3 +107,17 @@ def check_open_interval(value: float, low: float, high: float, name: str, why: s
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
         raise ValueError(f"{name} must be in ({low:g}, {high:g}){why}, got {value!r}")
     return float(value)
+
+
+def check_positive_float(value, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_embed_size(value, name: str = "time_embed") -> int:
+    """Return a sinusoidal embedding size: a non-negative even integer (0: no embedding)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % 2:
+        raise ValueError(f"{name} must be a non-negative even integer, got {value!r}")
+    return value

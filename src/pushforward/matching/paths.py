@@ -5,11 +5,16 @@ An affine conditional path (Lipman et al. 2024, "Flow Matching Guide and Code", 
 
     x_t = alpha_t x_1 + sigma_t x_0,        d/dt x_t = alpha'_t x_1 + sigma'_t x_0,
 
-with ``alpha_0 ~ 0, sigma_0 ~ 1`` and ``alpha_1 ~ 1, sigma_1 ~ 0``. A scheduler is an object giving
+with ``alpha_0 ~ 0, sigma_0 ~ 1`` and ``alpha_1 ~ 1, sigma_1 ~ 0`` (the variance-exploding path is
+the exception: ``alpha_t = 1``, ``sigma_0 = sigma_max``). A scheduler is an object giving
 ``alpha, sigma, d_alpha, d_sigma`` at times ``t``; :class:`AffinePath` samples the path
 (:class:`PathSample`) and converts between the four usual parametrisations of the learned field
 (velocity, data/x_1 prediction, noise/epsilon prediction, score), all broadcasting ``t`` the same
 way: ``t`` may be a float, a 0-d tensor, ``[N]``, or already ``[N, 1, ..., 1]``.
+
+The same schedulers describe the Gaussian kernels of the score models' SDEs (VP, sub-VP, VE;
+Song et al. 2021): :class:`pushforward.score.SDE` is a scheduler plus its diffusion coefficient,
+evaluated at ``t = 1 - s`` for the diffusion time ``s``.
 """
 
 from __future__ import annotations
@@ -20,44 +25,62 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pushforward._validate import check_choice
+
 
 def expand_time(t: Tensor | float, x: Tensor) -> Tensor:
-    """Broadcast times to a batch: ``t`` float/``[]``/``[N]``/``[N, 1, ..]`` -> ``[N or 1, 1, ..., 1]``.
+    """Broadcast times to a batch ``x`` ``[N, ...]`` (dtype and device of ``x``).
 
-    The one rule every path method uses, so ``sample`` and the conversions agree.
+    ``t`` float or ``[]`` -> ``[]``; ``[N]`` or ``[1]`` -> ``[N or 1, 1, ..., 1]``; ``[N, 1, ..., 1]``
+    as is. The one rule of every path method and of the score models' SDEs, so ``sample`` and the
+    conversions agree whatever form of ``t`` they are given.
     """
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.dim() == 0:
-        return t.reshape((1,) * x.dim())
+        return t
     if t.dim() == 1:
         if t.shape[0] not in (1, x.shape[0]):
-            raise ValueError(f"t has {t.shape[0]} entries but the batch has {x.shape[0]} rows")
+            raise ValueError(f"time t has {t.shape[0]} entries but the batch has {x.shape[0]} rows")
         return t.reshape(t.shape[0], *((1,) * (x.dim() - 1)))
     if t.dim() == x.dim() and all(s == 1 for s in t.shape[1:]):
         return t
-    raise ValueError(f"t of shape {list(t.shape)} does not broadcast to x of shape {list(x.shape)}; "
+    raise ValueError(f"time t of shape {list(t.shape)} does not broadcast to x of shape {list(x.shape)}; "
                      "give a float, [], [N] or [N, 1, ..., 1]")
 
 
-# --------------------------------------------------------------------------- schedulers
-class Scheduler:
-    """``(alpha_t, sigma_t)`` of an affine path and their time derivatives (elementwise in ``t``)."""
-
-    def alpha(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def d_alpha(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def d_sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+class ByValue:
+    """An object of Python-float parameters: repr, equality and hash by value (it pickles as is)."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(vars(self).items()))))
+
+
+# --------------------------------------------------------------------------- schedulers
+class Scheduler(ByValue):
+    """``(alpha_t, sigma_t)`` of an affine path and their time derivatives (elementwise in ``t``)."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        """``alpha_t``, the weight of the data ``x_1``."""
+        raise NotImplementedError
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """``sigma_t``, the weight of the noise ``x_0``."""
+        raise NotImplementedError
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        """``d alpha_t / dt``."""
+        raise NotImplementedError
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        """``d sigma_t / dt``."""
+        raise NotImplementedError
 
 
 class CondOTScheduler(Scheduler):
@@ -110,18 +133,21 @@ class VPScheduler(Scheduler):
     """Variance preserving diffusion path (Song et al. 2021 VP-SDE; Lipman et al. 2023, eq. 19).
 
     With diffusion time ``s = eps + (1 - eps)(1 - t)`` (diffusion runs the other way: s = 1 is
-    noise), ``T(s) = beta_min s / 2 + (beta_max - beta_min) s^2 / 4``,
-    ``alpha_t = exp(-T(s))``, ``sigma_t = sqrt(1 - alpha_t^2)``. ``eps`` (default 1e-3, as
-    score models stop at) keeps ``sigma'_t`` finite at t = 1 (``sigma_1 ~ 0.01``); at t = 0,
-    ``alpha_0 = exp(-T(1)) ~ 0.007`` with the default betas. Outside [0, 1] (adaptive solvers
-    overshoot the ends) the schedule is held at its end values.
+    noise), ``T(s) = beta_min s / 2 + (beta_max - beta_min) s^2 / 4`` (half the integrated
+    ``beta(s) = beta_min + s (beta_max - beta_min)``), ``alpha_t = exp(-T(s))``,
+    ``sigma_t = sqrt(1 - alpha_t^2)``. ``eps`` (default 1e-3, as score models stop at) keeps
+    ``sigma'_t`` finite at t = 1 (``sigma_1 ~ 0.01``); at t = 0, ``alpha_0 = exp(-T(1)) ~ 0.007``
+    with the default betas. ``eps = 0`` is the SDE's own clock ``s = 1 - t``
+    (:class:`pushforward.score.VPSDE`, which stops at its ``s_eps`` instead). Outside [0, 1]
+    (adaptive solvers overshoot the ends) the schedule is held at its end values.
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3):
-        if not (0 <= beta_min < beta_max):
-            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min!r}, {beta_max!r}")
-        if not 0 < eps < 1:
-            raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+        if not (0 <= beta_min <= beta_max and beta_max > 0):
+            raise ValueError(f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min!r}, "
+                             f"beta_max={beta_max!r}")
+        if not 0 <= eps < 1:
+            raise ValueError(f"eps must be in [0, 1), got {eps!r}")
         self.beta_min, self.beta_max, self.eps = float(beta_min), float(beta_max), float(eps)
 
     def _s(self, t):
@@ -150,6 +176,52 @@ class VPScheduler(Scheduler):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
 
+class SubVPScheduler(VPScheduler):
+    """Sub-variance preserving path (Song et al. 2021, eq. 13): VP's ``alpha_t``,
+    ``sigma_t = 1 - alpha_t^2`` (below VP's ``sqrt(1 - alpha_t^2)`` at every t).
+
+    Same clock ``s(t)`` and arguments as :class:`VPScheduler`.
+    """
+
+    def sigma(self, t):
+        return -torch.expm1(-2.0 * self._T(self._s(t)))
+
+    def d_sigma(self, t):
+        return -2.0 * self.alpha(t) * self.d_alpha(t)
+
+
+class VEScheduler(Scheduler):
+    """Variance exploding path (Song et al. 2021, eq. 9; continuous NCSN): ``alpha_t = 1``,
+    ``sigma_t = sigma_min (sigma_max / sigma_min)^(1 - t)``.
+
+    Unlike the other schedulers the source is ``N(0, sigma_max^2 I)`` at t = 0, and the data keep
+    a blur ``sigma_min`` at t = 1 (as in the paper's code).
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 6.0):
+        if not 0 < sigma_min < sigma_max or not math.isfinite(sigma_max):
+            raise ValueError(f"need 0 < sigma_min < sigma_max (finite), got sigma_min={sigma_min!r}, "
+                             f"sigma_max={sigma_max!r}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    @property
+    def log_ratio(self) -> float:
+        """``log(sigma_max / sigma_min)``."""
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp((1.0 - t) * self.log_ratio)
+
+    def d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def d_sigma(self, t):
+        return -self.log_ratio * self.sigma(t)
+
+
 class CosineScheduler(Scheduler):
     """``alpha_t = sin(pi t / 2)``, ``sigma_t = cos(pi t / 2)`` (Nichol & Dhariwal 2021; variance preserving)."""
 
@@ -166,16 +238,15 @@ class CosineScheduler(Scheduler):
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
 
-SCHEDULERS = {"ot": CondOTScheduler, "polynomial": PolynomialScheduler, "vp": VPScheduler, "cosine": CosineScheduler}
+SCHEDULERS = {"ot": CondOTScheduler, "polynomial": PolynomialScheduler, "vp": VPScheduler,
+              "subvp": SubVPScheduler, "ve": VEScheduler, "cosine": CosineScheduler}
 
 
 def get_scheduler(name: str | Scheduler, **kwargs) -> Scheduler:
-    """A scheduler by name (``ot``, ``polynomial``, ``vp``, ``cosine``) or pass one through."""
+    """A scheduler by name (``ot``, ``polynomial``, ``vp``, ``subvp``, ``ve``, ``cosine``) or pass one through."""
     if isinstance(name, Scheduler):
         return name
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown path {name!r}; choose from {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](**kwargs)
+    return SCHEDULERS[check_choice(name, tuple(SCHEDULERS), "path")](**kwargs)
 
 
 # --------------------------------------------------------------------------- paths
@@ -226,6 +297,11 @@ class AffinePath:
         a, s, da, ds = self._coeffs(t, x_1)
         return PathSample(x_0=x_0, x_1=x_1, t=t, x_t=a * x_1 + s * x_0, dx_t=da * x_1 + ds * x_0)
 
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.scheduler == other.scheduler
+
+    __hash__ = None  # holds a scheduler; compared by value
+
     # x_1 prediction <-> velocity: u = da x1 + ds x0 with x0 = (x - a x1) / s.
     def target_to_velocity(self, x_1: Tensor, x_t: Tensor, t) -> Tensor:
         """Data prediction ``x_1 = E[x_1 | x_t]`` -> velocity ``u = (s' / s) x_t + (a' - s' a / s) x_1``."""
@@ -238,10 +314,19 @@ class AffinePath:
         return (s * velocity - ds * x_t) / (da * s - ds * a)
 
     # noise prediction <-> velocity: x1 = (x - s eps) / a.
+    def epsilon_velocity_coeffs(self, x_t: Tensor, t) -> tuple[Tensor, Tensor]:
+        """``(A, B)`` with ``u = A x_t + B eps``: ``A = a' / a``, ``B = s' - a' s / a`` (broadcastable to ``x_t``).
+
+        The velocity is affine in the noise prediction; a divergence of ``u`` follows from that of
+        ``eps`` as ``A D + B div eps`` (used by the score models' exact trace).
+        """
+        a, s, da, ds = self._coeffs(t, x_t)
+        return da / a, ds - da * s / a
+
     def epsilon_to_velocity(self, epsilon: Tensor, x_t: Tensor, t) -> Tensor:
         """Noise prediction ``eps = E[x_0 | x_t]`` -> velocity ``u = (a' / a) x_t + (s' - a' s / a) eps``."""
-        a, s, da, ds = self._coeffs(t, x_t)
-        return (da / a) * x_t + (ds - da * s / a) * epsilon
+        A, B = self.epsilon_velocity_coeffs(x_t, t)
+        return A * x_t + B * epsilon
 
     def velocity_to_epsilon(self, velocity: Tensor, x_t: Tensor, t) -> Tensor:
         """Velocity -> noise prediction ``eps = (a u - a' x_t) / (a s' - a' s)``."""
@@ -259,15 +344,34 @@ class AffinePath:
         return (x_t - s * epsilon) / a
 
     # score of p_t for a N(0, I) source (Tweedie): grad log p_t(x) = -E[x_0 | x_t = x] / sigma_t.
-    def velocity_to_score(self, velocity: Tensor, x_t: Tensor, t) -> Tensor:
-        """Velocity -> score ``grad log p_t(x_t) = -eps / sigma_t`` (standard normal source)."""
+    def epsilon_to_score(self, epsilon: Tensor, x_t: Tensor, t) -> Tensor:
+        """Noise prediction -> score ``grad log p_t(x_t) = -eps / sigma_t`` (standard normal source)."""
         _, s, _, _ = self._coeffs(t, x_t)
-        return -self.velocity_to_epsilon(velocity, x_t, t) / s
+        return -epsilon / s
+
+    def score_to_epsilon(self, score: Tensor, x_t: Tensor, t) -> Tensor:
+        """Score -> noise prediction ``eps = -sigma_t score``."""
+        _, s, _, _ = self._coeffs(t, x_t)
+        return -s * score
+
+    def target_to_score(self, x_1: Tensor, x_t: Tensor, t) -> Tensor:
+        """Data prediction -> score ``(a x_1 - x_t) / sigma_t^2``."""
+        a, s, _, _ = self._coeffs(t, x_t)
+        return (a * x_1 - x_t) / (s * s)
+
+    def score_to_target(self, score: Tensor, x_t: Tensor, t) -> Tensor:
+        """Tweedie's formula (Efron 2011): ``E[x_1 | x_t] = (x_t + sigma_t^2 score) / a``."""
+        a, s, _, _ = self._coeffs(t, x_t)
+        return (x_t + s * s * score) / a
+
+    def velocity_to_score(self, velocity: Tensor, x_t: Tensor, t) -> Tensor:
+        """Velocity -> score ``-eps / sigma_t`` (standard normal source)."""
+        return self.epsilon_to_score(self.velocity_to_epsilon(velocity, x_t, t), x_t, t)
 
     def score_to_velocity(self, score: Tensor, x_t: Tensor, t) -> Tensor:
-        """Score -> velocity via ``eps = -sigma_t score`` (standard normal source)."""
-        _, s, _, _ = self._coeffs(t, x_t)
-        return self.epsilon_to_velocity(-s * score, x_t, t)
+        """Score -> velocity via ``eps = -sigma_t score`` (standard normal source). For an SDE this
+        is minus the probability-flow drift ``f - g^2 score / 2`` in diffusion time (Song et al. 2021, eq. 13)."""
+        return self.epsilon_to_velocity(self.score_to_epsilon(score, x_t, t), x_t, t)
 
 
 class BrownianBridgePath:

@@ -12,20 +12,21 @@ import math
 import torch
 from torch import Tensor
 
+from pushforward._validate import check_choice
+from pushforward.matching.paths import ByValue
 
-class TimeSampler:
+
+class TimeSampler(ByValue):
     """Base class: ``sample(n) -> [n]`` times in [0, 1] and ``cdf(t)``."""
 
     def sample(self, n: int, generator: torch.Generator | None = None, device=None,
                dtype: torch.dtype | None = None) -> Tensor:
+        """``n`` times ``[n]`` in [0, 1] (on ``device``, of ``dtype``), drawn with ``generator``."""
         raise NotImplementedError
 
     def cdf(self, t: Tensor) -> Tensor:
+        """``P(T <= t)``, elementwise."""
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
 
 
 class UniformTime(TimeSampler):
@@ -104,6 +105,4 @@ def get_time_sampler(name: str | TimeSampler, **kwargs) -> TimeSampler:
     """A time sampler by name (``uniform``, ``logit-normal``, ``beta``) or pass one through."""
     if isinstance(name, TimeSampler):
         return name
-    if name not in TIME_SAMPLERS:
-        raise ValueError(f"unknown time sampler {name!r}; choose from {', '.join(TIME_SAMPLERS)}")
-    return TIME_SAMPLERS[name](**kwargs)
+    return TIME_SAMPLERS[check_choice(name, tuple(TIME_SAMPLERS), "time_sampler")](**kwargs)

@@ -6,10 +6,13 @@ Models").
 Time. The SDE runs in diffusion time ``s`` (``s = 0`` data, ``s = 1`` noise), the library in
 ``t = 1 - s`` (``t = 0`` noise, ``t = 1`` data; DESIGN.md). Public methods of
 :class:`ScoreModel` (``velocity``, ``score``, ``eps``, ``denoise``) take the library's ``t``; the
-network and the SDE see ``s``. The model is a :class:`~pushforward.continuous.ContinuousFlow`
-whose base (at ``t = 0``) is the SDE prior at ``s = 1`` (``N(0, I)`` for VP/sub-VP,
-``N(0, sigma_max^2 I)`` for VE) and whose ODE stops at ``t = 1 - s_eps``: samples and
-densities are those of ``p_{s_eps}`` (see :mod:`pushforward.score.sde`).
+network and the SDE see ``s``; the conversions between noise, score, data and velocity are the
+SDE's path's (:class:`~pushforward.matching.paths.AffinePath`, library time). The model is a
+:class:`~pushforward.continuous.ContinuousFlow` whose base (at ``t = 0``) is the SDE prior at
+``s = 1`` (``N(0, I)`` for VP/sub-VP, ``N(0, sigma_max^2 I)`` for VE) and whose ODE stops at
+``t = 1 - s_eps``: samples and densities are those of ``p_{s_eps}`` (see
+:mod:`pushforward.score.sde`). The names ``score-vp``, ``score-subvp`` and ``score-ve`` are
+registered at the bottom of this module.
 """
 
 from __future__ import annotations
@@ -20,30 +23,26 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pushforward._validate import (
+    check_choice,
+    check_embed_size,
+    check_positive_float,
+    check_positive_int,
+    check_widths,
+)
 from pushforward.continuous.cnf import ContinuousFlow
 from pushforward.continuous.divergence import mlp_divergence
 from pushforward.continuous.ode import SOLVERS
+from pushforward.matching.paths import AffinePath, expand_time
 from pushforward.nets import TimeMLP
-from pushforward.score.conversions import _ode_coeffs, velocity_from_eps, x0_from_eps
-from pushforward.score.sde import SDE, SDEPrior, TimeLike, broadcast_time
+from pushforward.registry import register
+from pushforward.score.sde import SDE, SDES, SDEPrior, TimeLike, make_sde
 
 PARAMETRIZATIONS = ("eps", "score")
 # TimeMLP activations whose derivative mlp_divergence knows (ELU only with its default alpha = 1).
 _TRACE_ACTIVATIONS = {nn.SiLU: "silu", nn.Tanh: "tanh", nn.ELU: "elu"}
 WEIGHTINGS = ("sigma2", "likelihood")
 SAMPLERS = ("ode", "em", "pc")
-
-
-def _choice(value, options, name):
-    if value not in options:
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-    return value
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class ScoreModel(ContinuousFlow):
@@ -89,14 +88,18 @@ class ScoreModel(ContinuousFlow):
 
     Args:
         event_shape: ``(D,)`` (or an int ``D``).
-        sde: a :class:`~pushforward.score.sde.SDE` (VP, sub-VP, VE).
+        sde: a :class:`~pushforward.score.sde.SDE`, or its name ``"vp"`` (default), ``"subvp"``
+            or ``"ve"`` built from the next five options (:func:`~pushforward.score.sde.make_sde`).
         context_dim: conditioning size ``C`` (0: unconditional; the prior is unconditional).
         net: a module ``(x, s, context) -> [N, D]``; default a :class:`~pushforward.nets.TimeMLP`.
+        beta_min, beta_max: VP/sub-VP noise rates. sigma_min, sigma_max: VE noise scales
+            (``sigma_max=None``: ``3 sqrt(2 D)``, :func:`~pushforward.score.sde.default_sigma_max`).
+        s_eps: smallest diffusion time (None: the SDE's default, 1e-3 VP/sub-VP, 1e-5 VE).
         parametrization: ``"eps"`` or ``"score"``. weighting: ``"sigma2"`` or ``"likelihood"``.
         importance: importance-sample ``s`` (only with ``"likelihood"``; default True there).
         gaussian_skip: add the ``N(0, I)`` prediction and zero-init the last layer (see above).
         hidden, time_embed, activation: the default network's options (``time_embed=0``: raw
-            time, which trains much faster than a sinusoidal embedding on low-D data).
+            time; why in docs/score.md).
         sampler, sde_steps, snr, corrector_steps, denoise_last_step: sampler defaults.
         solver, steps, atol, rtol: ODE defaults (``sample(sampler="ode")`` and ``log_prob``).
     """
@@ -108,10 +111,15 @@ class ScoreModel(ContinuousFlow):
     def __init__(
         self,
         event_shape: int | Sequence[int],
-        sde: SDE,
+        sde: SDE | str = "vp",
         context_dim: int = 0,
         net: nn.Module | None = None,
         *,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        sigma_min: float = 0.01,
+        sigma_max: float | None = None,
+        s_eps: float | None = None,
         parametrization: str = "eps",
         weighting: str = "sigma2",
         importance: bool | None = None,
@@ -130,40 +138,37 @@ class ScoreModel(ContinuousFlow):
         rtol: float = 1e-5,
     ):
         event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a pushforward.score.SDE, got {type(sde).__name__}")
+        sde = _resolve_sde(sde, math.prod(event_shape), dict(beta_min=beta_min, beta_max=beta_max,
+                                                             sigma_min=sigma_min, sigma_max=sigma_max, s_eps=s_eps))
         # The PF ODE runs in library time from the prior (t = 0, s = 1) to t = 1 - s_eps: the
         # base class's sample/log_prob/trajectory then serve it unchanged.
         super().__init__(event_shape, context_dim, base=SDEPrior(event_shape, sde.prior_std),
                          t_span=(0.0, 1.0 - sde.s_eps))
         self.sde = sde
-        self.parametrization = _choice(parametrization, PARAMETRIZATIONS, "parametrization")
-        self.weighting = _choice(weighting, WEIGHTINGS, "weighting")
+        self.parametrization = check_choice(parametrization, PARAMETRIZATIONS, "parametrization")
+        self.weighting = check_choice(weighting, WEIGHTINGS, "weighting")
         if importance is None:
             importance = weighting == "likelihood"
         if importance and weighting != "likelihood":
             raise ValueError("importance=True needs weighting='likelihood' (sigma2 weighting is flat in s)")
         self.importance = bool(importance)
         self.gaussian_skip = bool(gaussian_skip)
-        self.default_sampler = _choice(sampler, SAMPLERS, "sampler")
-        self.default_sde_steps = _positive_int(sde_steps, "sde_steps")
-        self.default_corrector_steps = _positive_int(corrector_steps, "corrector_steps")
-        if not (isinstance(snr, (int, float)) and snr > 0):
-            raise ValueError(f"snr must be positive, got {snr!r}")
-        self.default_snr = float(snr)
+        self.default_sampler = check_choice(sampler, SAMPLERS, "sampler")
+        self.default_sde_steps = check_positive_int(sde_steps, "sde_steps")
+        self.default_corrector_steps = check_positive_int(corrector_steps, "corrector_steps")
+        self.default_snr = check_positive_float(snr, "snr")
         self.default_denoise = bool(denoise_last_step)
-        _choice(solver, SOLVERS, "solver")
+        check_choice(solver, SOLVERS, "solver")
         if steps is not None:
-            _positive_int(steps, "steps")
-        if not (atol > 0 and rtol > 0):
-            raise ValueError(f"atol and rtol must be > 0, got atol={atol!r}, rtol={rtol!r}")
+            check_positive_int(steps, "steps")
         self.default_solver, self.default_steps = solver, steps
-        self.default_atol, self.default_rtol = atol, rtol
+        self.default_atol, self.default_rtol = check_positive_float(atol, "atol"), check_positive_float(rtol, "rtol")
         if net is None:
             if len(event_shape) != 1:
                 raise ValueError(f"the default network needs vector data (D,), got event_shape {event_shape}; "
                                  "pass net=")
-            net = TimeMLP(event_shape[0], event_shape[0], context_dim, hidden, time_embed, activation)
+            net = TimeMLP(event_shape[0], event_shape[0], context_dim, check_widths(hidden),
+                          check_embed_size(time_embed), activation)
             if gaussian_skip:
                 last = net.net[-1]
                 nn.init.zeros_(last.weight)
@@ -179,6 +184,11 @@ class ScoreModel(ContinuousFlow):
     def s_eps(self) -> float:
         """Smallest diffusion time (the ODE and samplers stop at ``t = 1 - s_eps``)."""
         return self.sde.s_eps
+
+    @property
+    def path(self) -> AffinePath:
+        """The SDE's Gaussian path in library time (its conversions serve this model)."""
+        return self.sde.path
 
     @property
     def t_end(self) -> float:
@@ -199,7 +209,7 @@ class ScoreModel(ContinuousFlow):
 
     def eps_s(self, x: Tensor, s: TimeLike, context: Tensor | None = None) -> Tensor:
         """Predicted noise ``E[eps | x_s = x]`` at diffusion time ``s``, standardized units ``[N, ...]``."""
-        sb = broadcast_time(self._s_vec(s, x), x)
+        sb = expand_time(self._s_vec(s, x), x)
         out = self._net(x, sb, context)
         if self.parametrization == "eps":
             if self.gaussian_skip:
@@ -209,7 +219,7 @@ class ScoreModel(ContinuousFlow):
 
     def score_s(self, x: Tensor, s: TimeLike, context: Tensor | None = None, _out: Tensor | None = None) -> Tensor:
         """Predicted score ``grad_x log p_s(x)`` at diffusion time ``s``, standardized units ``[N, ...]``."""
-        sb = broadcast_time(self._s_vec(s, x), x)
+        sb = expand_time(self._s_vec(s, x), x)
         if self.parametrization == "eps":
             return -self.eps_s(x, s, context) / self.sde.std(sb)
         out = self._net(x, sb, context) if _out is None else _out
@@ -228,9 +238,9 @@ class ScoreModel(ContinuousFlow):
         return self.score_s(x, 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device), context)
 
     def denoise(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> Tensor:
-        """Tweedie's estimate ``E[x_0 | x_s = x]`` at library time ``t`` (``s = 1 - t``)."""
-        s = 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        return x0_from_eps(x, self.eps_s(x, s, context), self._s_vec(s, x), self.sde)
+        """Tweedie's estimate of the data ``E[x_1 | x_t = x]`` at library time ``t`` (``s = 1 - t``)."""
+        t = self._s_vec(torch.as_tensor(t, dtype=x.dtype, device=x.device), x)
+        return self.path.epsilon_to_target(self.eps_s(x, 1.0 - t, context), x, t)
 
     def velocity(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> Tensor:
         """PF-ODE velocity in library time: ``dx/dt = -(f(x, s) - 1/2 g(s)^2 score)`` at ``s = 1 - t``.
@@ -243,7 +253,7 @@ class ScoreModel(ContinuousFlow):
         """
         s = 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device)
         s = self._s_vec(s.clamp(self.s_eps, 1.0), x)
-        return velocity_from_eps(x, self.eps_s(x, s, context), s, self.sde)
+        return self.path.epsilon_to_velocity(self.eps_s(x, s, context), x, 1.0 - s)
 
     def _mlp_layers(self) -> tuple[list[Tensor], list[Tensor], str] | None:
         """Weights, biases and activation of a :class:`~pushforward.nets.TimeMLP` network whose
@@ -266,9 +276,10 @@ class ScoreModel(ContinuousFlow):
     def velocity_with_divergence(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(u_t(x) [N, D], div u_t(x) [N])`` exactly, without autograd, for the default network.
 
-        ``u = -(a x + b eps)`` with ``eps = p net(x) + c x`` (``p = 1``, ``c = sigma / (m^2 +
+        ``u = a x + b eps`` (:meth:`~pushforward.matching.paths.AffinePath.epsilon_velocity_coeffs`)
+        with ``eps = p net(x) + c x`` (``p = 1``, ``c = sigma / (m^2 +
         sigma^2)`` with ``gaussian_skip``, for ``"eps"``; ``p = -sigma``, ``c = sigma / (m^2 +
-        sigma^2)`` for ``"score"``), so ``div u = -(a D + b (p div net + c D))`` with ``div net``
+        sigma^2)`` for ``"score"``), so ``div u = a D + b (p div net + c D)`` with ``div net``
         from :func:`~pushforward.continuous.divergence.mlp_divergence`.
         """
         layers = self._mlp_layers()
@@ -280,15 +291,15 @@ class ScoreModel(ContinuousFlow):
         te = net.embed(s) if net.embed is not None else s[:, None]
         extra = te if context is None else torch.cat([te, context], -1)
         out, div_out = mlp_divergence(x, *layers[:2], layers[2], extra_input=extra)
-        sb = broadcast_time(s, x)  # [N, 1]
+        sb = expand_time(s, x)  # [N, 1]
         d = x.shape[1]
         sd = self.sde.std(sb)
         p = 1.0 if self.parametrization == "eps" else -sd
         c = sd / self._gauss_var(sb) if self.gaussian_skip else torch.zeros_like(sd)
         eps = p * out + c * x
-        a, b, _ = _ode_coeffs(self.sde, sb, x)
-        u = -(a * x + b * eps)
-        div = -(a * d + b * (p * div_out[:, None] + c * d))
+        a, b = self.path.epsilon_velocity_coeffs(x, 1.0 - sb)
+        u = a * x + b * eps
+        div = a * d + b * (p * div_out[:, None] + c * d)
         return u, div.reshape(-1)
 
     # ------------------------------------------------------------------ loss
@@ -332,7 +343,7 @@ class ScoreModel(ContinuousFlow):
     # ------------------------------------------------------------------ ODE: sample, log_prob
     def _sample(self, n, context, generator=None, sampler=None, steps=None, solver=None, atol=None,
                 rtol=None, snr=None, corrector_steps=None, denoise_last_step=None, x0=None):
-        sampler = _choice(sampler or self.default_sampler, SAMPLERS, "sampler")
+        sampler = check_choice(sampler or self.default_sampler, SAMPLERS, "sampler")
         x0 = self.base.sample(n, context, generator) if x0 is None else x0
         if sampler == "ode":
             x = super()._sample(n, context, steps=steps, solver=solver, atol=atol, rtol=rtol, x0=x0)
@@ -342,11 +353,11 @@ class ScoreModel(ContinuousFlow):
         with torch.no_grad():
             return self._sde_sample(
                 x0, context, generator,
-                _positive_int(steps if steps is not None else self.default_sde_steps, "steps"),
+                check_positive_int(steps if steps is not None else self.default_sde_steps, "steps"),
                 sampler == "pc",
                 self.default_snr if snr is None else float(snr),
-                _positive_int(corrector_steps if corrector_steps is not None else self.default_corrector_steps,
-                              "corrector_steps"),
+                check_positive_int(corrector_steps if corrector_steps is not None else self.default_corrector_steps,
+                                   "corrector_steps"),
                 self.default_denoise if denoise_last_step is None else bool(denoise_last_step),
             )
 
@@ -384,3 +395,28 @@ class ScoreModel(ContinuousFlow):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, sde={self.sde!r}, parametrization={self.parametrization!r}, "
                 f"weighting={self.weighting!r}, importance={self.importance}, sampler={self.default_sampler!r}")
+
+
+def _resolve_sde(sde: SDE | str, dim: int, options: dict) -> SDE:
+    """``sde`` itself, or the SDE of that name built from ``options`` (the SDE's own parameters,
+    which are refused next to an SDE object: they would be silently ignored)."""
+    if isinstance(sde, str):
+        return make_sde(sde, dim, **options)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a pushforward.score.SDE or one of {tuple(SDES)}, got {type(sde).__name__}")
+    defaults = ScoreModel.__init__.__kwdefaults__
+    given = [k for k, v in options.items() if v != defaults[k]]
+    if given:
+        raise ValueError(f"options {given} belong to the SDE: pass them to the SDE object or give sde by name")
+    return sde
+
+
+def _vector_inputs(dim: int, context_dim: int, image_shape, options: dict) -> dict:
+    # build()'s dim is the event of vector data; image_shape is refused by build itself.
+    return {"event_shape": (dim,), "context_dim": context_dim}
+
+
+_DESCRIPTION = "Score-based model on the {} SDE (DSM, eps-prediction); PF-ODE likelihood and sampling"
+for _name, _sde in (("score-vp", "vp"), ("score-subvp", "subvp"), ("score-ve", "ve")):
+    register(_name, ScoreModel, _DESCRIPTION.format({"vp": "VP", "subvp": "sub-VP", "ve": "VE"}[_sde]),
+             preset={"sde": _sde}, inputs=_vector_inputs)
