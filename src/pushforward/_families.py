@@ -6,9 +6,10 @@ for _mod in (
     "pushforward.builders.coupling_ar",
     "pushforward.builders.elementary",
     "pushforward.builders.glow",
-    "pushforward.builders.continuous",
+    "pushforward.continuous.ffjord",
     "pushforward.builders.score",
-    "pushforward.builders.matching",
+    "pushforward.matching.models",
+    "pushforward.matching.rectified",
     "pushforward.builders.policy",
 ):
     importlib.import_module(_mod)

@@ -61,3 +61,53 @@ def check_context(context: Tensor | None, context_dim: int, n: int | None) -> Te
         rows = "N" if n is None else str(n)
         raise ValueError(f"context must have shape [{rows}, {context_dim}], got {list(context.shape)}")
     return check_finite(context, "context")
+
+
+def check_positive_int(value, name: str, *, allow_none: bool = False):
+    """Return ``value`` if it is a positive integer (or None with ``allow_none``), else raise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_widths(widths, name: str = "hidden") -> tuple[int, ...]:
+    """Hidden-layer widths as a non-empty tuple of positive ints, or raise naming ``widths``."""
+    try:
+        out = tuple(int(w) for w in widths)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of layer widths, got {widths!r}") from None
+    if not out or any(w < 1 for w in out):
+        raise ValueError(f"{name} must be non-empty positive layer widths, got {widths!r}")
+    return out
+
+
+def check_choice(value, options, name: str):
+    """Return ``value`` if it is one of ``options``, else raise listing them."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+    return value
+
+
+def check_positive_float(value, name: str, *, allow_none: bool = False, allow_zero: bool = False):
+    """Return ``value`` as a float if it is finite and > 0 (>= 0 with ``allow_zero``), else raise."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < float("inf")
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def resolve_named(value, table: dict, base: type, kind: str, **kwargs):
+    """``table[value](**kwargs)`` for a name, or ``value`` itself if it is already a ``base``.
+
+    Used for the named components of a model (couplings, time samplers, schedulers).
+    """
+    if isinstance(value, base):
+        return value
+    if value not in table:
+        raise ValueError(f"unknown {kind} {value!r}; choose from {', '.join(table)}")
+    return table[value](**kwargs)

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from pushforward._validate import resolve_named
+
 
 class TimeSampler:
     """Base class: ``sample(n) -> [n]`` times in [0, 1] and ``cdf(t)``."""
@@ -102,8 +104,4 @@ TIME_SAMPLERS = {"uniform": UniformTime, "logit-normal": LogitNormalTime, "beta"
 
 def get_time_sampler(name: str | TimeSampler, **kwargs) -> TimeSampler:
     """A time sampler by name (``uniform``, ``logit-normal``, ``beta``) or pass one through."""
-    if isinstance(name, TimeSampler):
-        return name
-    if name not in TIME_SAMPLERS:
-        raise ValueError(f"unknown time sampler {name!r}; choose from {', '.join(TIME_SAMPLERS)}")
-    return TIME_SAMPLERS[name](**kwargs)
+    return resolve_named(name, TIME_SAMPLERS, TimeSampler, "time sampler", **kwargs)
