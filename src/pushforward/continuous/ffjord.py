@@ -115,9 +115,8 @@ class FFJORD(ContinuousFlow):
         hidden, time_embed, activation: the field, see :class:`ConcatSquashField`. With one or
             two hidden layers (the default ``(96, 96)``) and no context, the exact trace is a
             single GEMM whatever D (:func:`~pushforward.continuous.divergence.mlp_divergence`),
-            so ``divergence="exact"`` trains at about Hutchinson's cost and exact ``log_prob`` is
-            2-4x faster than a per-dimension loop at D = 5-10 (benchmarks/results/continuous.md);
-            deeper fields take D Jacobian columns.
+            so ``divergence="exact"`` trains at about Hutchinson's cost; deeper fields take D
+            Jacobian columns (docs/concepts/continuous.md).
         solver, atol, rtol, steps: ODE solver for training *and* default evaluation
             (``eval_atol``/``eval_rtol`` override the tolerances outside training).
         adjoint: gradients by the adjoint method (O(1) memory in the number of solver steps).

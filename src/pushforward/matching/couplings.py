@@ -16,11 +16,9 @@ marginals exactly (sampling with replacement, used by Sinkhorn, keeps the data m
 - ``by_context=True`` (both OT couplings): pairs only within rows sharing the same context
   (class-conditional OT), so conditional models learn ``p(x | c)`` and not a mixture.
 
-Cost at batch 512 (2-D, one CPU core): ``ot.emd`` on the full 512 x 512 cost ~50 ms, against
-~4-13 ms for a 3x128-256 MLP's forward/backward; in blocks of 64 the exact solves take ~3 ms.
-Blocks are matched cells of a recursive median bisection of both sets along the data's principal
-axes, so the blocked assignment stays close to the full one (measured transport costs in
-``benchmarks/results/matching.md``).
+Exact OT on a whole batch costs more than a network step, so :class:`OTCoupling` solves it in
+matched blocks: cells of a recursive median bisection of both sets along the data's principal
+axes (costs and transport costs: docs/matching.md, ``benchmarks/results/matching.md``).
 """
 
 from __future__ import annotations
