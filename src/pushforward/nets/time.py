@@ -14,6 +14,13 @@ from pushforward.nets.mlp import _ACTIVATIONS
 _TRACEABLE = {nn.SiLU: "silu", nn.Tanh: "tanh", nn.ELU: "elu"}
 
 
+def batch_times(t: Tensor | float, ref: Tensor) -> Tensor:
+    """Times as ``[N]`` in ``ref``'s dtype/device (``ref`` ``[N, ...]``; a float or 0-d ``t`` is
+    broadcast, a ``[N]`` one passed through)."""
+    t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
+    return t.expand(ref.shape[0]) if t.dim() == 0 else t
+
+
 class SinusoidalEmbedding(nn.Module):
     """``t -> [sin(w_k t), cos(w_k t)]`` with log-spaced frequencies (Vaswani et al. 2017).
 
@@ -74,9 +81,7 @@ class TimeMLP(nn.Module):
 
     def _condition(self, x: Tensor, t: Tensor | float, context: Tensor | None) -> Tensor:
         """The inputs besides x: ``[emb(t), context]`` ``[N, E]``."""
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
+        t = batch_times(t, x)
         te = self.embed(t) if self.embed is not None else t[:, None]
         return te if context is None else torch.cat([te, context], dim=-1)
 
