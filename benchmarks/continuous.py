@@ -288,7 +288,7 @@ def solver_table(model, target, quick: bool) -> list[dict]:
 
 # ------------------------------------------------------------------ part 3: divergence speed
 def _likelihood_call(model, x, method: str, mode: str) -> Callable[[], None]:
-    fast = (lambda y, t: model.velocity_with_divergence(y, t)) if method == "auto" else None
+    fast = model.velocity_field().with_divergence if method == "auto" else None
 
     def go():
         kw = dict(solver="rk4", steps=5, exact_method=method, velocity_divergence=fast)

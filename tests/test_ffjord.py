@@ -215,3 +215,17 @@ def test_fixed_step_solver_and_nfe():
 def test_builder_rejects_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         pf.build("ffjord", 2, **kw)
+
+
+def test_ffjord_is_registered_as_its_class_with_every_option_recorded():
+    import inspect
+
+    import pushforward.registry as reg
+
+    assert reg.entry("ffjord").factory is FFJORD
+    model = pf.build("ffjord", 2, hidden=[8, 8])
+    options = [k for k in inspect.signature(FFJORD).parameters if k not in ("dim", "context_dim")]
+    assert len(options) == 14 and all(k in model.config for k in options)
+    assert model.field.linears[0].out_features == 8
+    with pytest.raises(ValueError, match="atol"):
+        FFJORD(2, atol=0.0)

@@ -342,6 +342,71 @@ def test_condition_dropout_trains_the_null_context():
     assert model.null_context.grad is not None and float(model.null_context.grad.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("activation", ["silu", "tanh", "elu"])
+@pytest.mark.parametrize("guidance", [1.0, 0.0, 2.5])
+def test_exact_trace_of_the_field_matches_autograd_with_guidance(activation, guidance):
+    # The network's own trace (TimeMLP.forward_with_divergence), mixed linearly under guidance.
+    torch.manual_seed(0)
+    model = pf.build("fm", dim=3, context_dim=2, cond_drop=0.2, hidden=(16, 16), activation=activation).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(6, 3, dtype=D, requires_grad=True)
+    c = torch.randn(6, 2, dtype=D)
+    field = model.velocity_field(c, guidance=guidance)
+    assert field.with_divergence is not None
+    for t in (torch.tensor(0.3, dtype=D), torch.rand(6, dtype=D)):
+        u, div = field.with_divergence(x, t)
+        ref = model.velocity(x, t, c, guidance=guidance)
+        assert torch.allclose(u, ref, atol=1e-12)
+        assert torch.allclose(div, pf.continuous.divergence_exact(ref, x), atol=1e-10)
+    with torch.no_grad():
+        fast = model.log_prob(x.detach(), c, solver="rk4", steps=4, guidance=guidance)
+        loop = model.log_prob(x.detach(), c, solver="rk4", steps=4, guidance=guidance, exact_method="loop")
+    assert torch.allclose(fast, loop, atol=1e-9)
+
+
+def test_networks_without_an_exact_trace_use_autograd():
+    relu = pf.build("fm", dim=2, activation="relu", hidden=(8,))
+    assert not relu.net.has_divergence and relu.velocity_field().with_divergence is None
+    with pytest.raises(NotImplementedError):
+        relu.net.forward_with_divergence(torch.zeros(2, 2), 0.5)
+    image = pf.build("fm", image_shape=(1, 4, 4), width=8)
+    assert image.velocity_field().with_divergence is None
+
+
+@pytest.mark.parametrize("name", ["fm", "ot-fm", "vp-fm", "sb-fm", "rectified"])
+def test_flow_matching_names_record_every_option(name, tmp_path, monkeypatch):
+    """build records every constructor default, so a later default change cannot alter a saved model."""
+    import dataclasses
+    import inspect
+
+    import pushforward.registry as reg
+
+    model = pf.build(name, dim=2, hidden=(8,))
+    params = inspect.signature(type(model)).parameters
+    options = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    assert options and all(k in model.config for k in options)
+    pf.save(model, tmp_path / "m.pt")
+    entry = reg.entry(name)
+    changed = {"time_embed": 5 * 2, "activation": "tanh", "path": "cosine", "steps": 3}
+    preset = {**entry.preset, **{k: v for k, v in changed.items() if k not in entry.preset}}
+    monkeypatch.setitem(reg._REGISTRY, name, dataclasses.replace(entry, preset=preset))
+    again = pf.load(tmp_path / "m.pt")
+    assert again.config == model.config and again.default_steps == model.default_steps
+    x = torch.randn(5, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(again.velocity(x, 0.3), model.velocity(x, 0.3))
+
+
+def test_rectified_flow_takes_only_the_straight_path():
+    with pytest.raises(ValueError, match="straight path"):
+        pf.build("rectified", dim=2, path="vp")
+    with pytest.raises(ValueError, match="straight path"):
+        pf.build("rectified", dim=2, sigma_min=0.1)
+    assert pf.build("rectified", dim=2).default_solver == "euler"
+
+
 def test_builder_options_and_errors():
     assert isinstance(pf.build("ot-fm", dim=2).coupling, OTCoupling)
     assert isinstance(pf.build("vp-fm", dim=2).path.scheduler, VPScheduler)

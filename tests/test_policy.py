@@ -266,6 +266,26 @@ def test_inpainting_keeps_prefix_exactly(gen):
         DiffusionPolicy(OBS, A, H, **SMALL).act(torch.zeros(2, OBS), prefix=prefix)
 
 
+@pytest.mark.parametrize("kw", [SMALL, {"net": "mlp", "width": 16}])
+def test_flow_policy_is_flow_matching_and_encodes_once_per_chunk(kw, gen):
+    p = FlowPolicy(OBS, A, H, **kw)
+    assert isinstance(p, pf.matching.FlowMatching)
+    calls = []
+    encode = p.net.encode
+    p.net.encode = lambda *a: calls.append(1) or encode(*a)
+    p.act(torch.randn(3, OBS, generator=gen), steps=7, solver="midpoint")
+    assert len(calls) == 1 and p.nfe == 14
+    # The field of the shared ODE family: sample() integrates velocity_field(context).
+    obs = torch.randn(3, OBS, generator=gen)
+    x0 = torch.randn(3, H, A, generator=gen)
+    ref = pf.continuous.odeint(p.velocity_field(obs), x0, [0.0, 1.0], solver="euler", steps=10)[-1]
+    torch.testing.assert_close(p._sample(3, obs, x0=x0), ref)
+    with pytest.raises(ValueError, match="solver"):
+        p.act(torch.zeros(1, OBS), solver="dopri5")
+    with pytest.raises(ValueError, match="solver"):
+        FlowPolicy(OBS, A, H, solver="dopri5", **kw)
+
+
 def test_chunk_executor_replans_every_k_and_passes_tail():
     calls = []
 

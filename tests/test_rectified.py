@@ -19,7 +19,7 @@ def _target(n, seed):
 @pytest.fixture(scope="module")
 def flows():
     torch.manual_seed(0)
-    model = FlowMatching((2,), net=TimeMLP(2, hidden=(64, 64)), sample_solver="euler", sample_steps=32)
+    model = FlowMatching((2,), net=TimeMLP(2, hidden=(64, 64)), solver="euler", steps=32)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 800)
     for _ in range(800):
@@ -81,7 +81,8 @@ def test_distillation_gives_a_one_step_generator(flows):
 
 
 def test_reflow_of_a_built_model_keeps_a_loadable_config(tmp_path):
-    model = pf.build("rectified", dim=2, hidden=(16,))
+    # An OT coupling: build records every default, so the default "independent" would not show the change.
+    model = pf.build("rectified", dim=2, hidden=(16,), coupling="ot")
     new = reflow(model, n=64, steps=2)
     assert new.config["coupling"] == "independent" and model.config.get("coupling") != "independent"
     pf.save(new, tmp_path / "m.pt")

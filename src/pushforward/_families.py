@@ -1,4 +1,4 @@
-"""Imports every module that registers builders (kept in one place so the registry is complete)."""
+"""Imports every module that registers model names (kept in one place so the registry is complete)."""
 
 import importlib
 
@@ -8,9 +8,10 @@ for _mod in (
     "pushforward.flows.spline",
     "pushforward.flows.elementary",
     "pushforward.flows.glow",
-    "pushforward.builders.continuous",
+    "pushforward.continuous.ffjord",
     "pushforward.score.model",
-    "pushforward.builders.matching",
+    "pushforward.matching.models",
+    "pushforward.matching.rectified",
     "pushforward.policy",
 ):
     importlib.import_module(_mod)

@@ -79,8 +79,10 @@ def check_int_range(value: int, name: str, low: int = 1, high: int | None = None
     raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
-def check_positive_int(value: int, name: str) -> int:
-    """Return ``value`` if it is a positive integer (not a bool), else raise naming ``name``."""
+def check_positive_int(value, name: str, *, allow_none: bool = False):
+    """Return ``value`` if it is a positive integer (or None with ``allow_none``), else raise."""
+    if value is None and allow_none:
+        return None
     return check_int_range(value, name, 1)
 
 
@@ -109,10 +111,14 @@ def check_open_interval(value: float, low: float, high: float, name: str, why: s
     return float(value)
 
 
-def check_positive_float(value, name: str) -> float:
-    """Return ``value`` as a float if it is a finite number > 0 (not a bool), else raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+def check_positive_float(value, name: str, *, allow_none: bool = False, allow_zero: bool = False):
+    """Return ``value`` as a float if it is finite and > 0 (>= 0 with ``allow_zero``), else raise."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < float("inf")
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
 
 
@@ -121,3 +127,13 @@ def check_embed_size(value, name: str = "time_embed") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % 2:
         raise ValueError(f"{name} must be a non-negative even integer, got {value!r}")
     return value
+
+
+def resolve_named(value, table: dict, base: type, name: str, **kwargs):
+    """``table[value](**kwargs)`` for a name, or ``value`` itself if it is already a ``base``.
+
+    Used for the named components of a model (couplings, time samplers, schedulers).
+    """
+    if isinstance(value, base):
+        return value
+    return table[check_choice(value, tuple(table), name)](**kwargs)

@@ -167,9 +167,11 @@ class ContinuousFlow(FlowModel):
     Sampling (``sample(n, steps=..., solver=...)``), likelihood (``log_prob(x, exact=True|False|
     None, ...)``) and :meth:`trajectory` are written once here on top of :meth:`velocity_field`, with an
     ``nfe`` counter (function evaluations of the last solve). A subclass implements
-    :meth:`velocity` (standardized units), or overrides :meth:`velocity_field` when the field takes options
-    (guidance) or work that is done once per context (a policy's observation prefix); a field
-    with a cheaper exact divergence than autograd sets ``Field.with_divergence``.
+    :meth:`velocity` (standardized units), or overrides :meth:`velocity_field` when the field
+    takes options (guidance) or work that is done once per context (a policy's observation
+    prefix); a network with a cheaper exact divergence than autograd (its
+    ``forward_with_divergence``, see :func:`~pushforward.continuous.divergence.network_divergence`)
+    gives ``Field.with_divergence``.
 
     The ODE runs over ``t_span = (t_start, t_end)``, by default ``(0, 1)``: sampling integrates
     from the base at ``t_start`` to ``t_end``, ``log_prob`` back from ``t_end`` to ``t_start``,
@@ -187,6 +189,7 @@ class ContinuousFlow(FlowModel):
             ``steps``; adaptive ones ``atol``/``rtol``).
         exact_max_dim: ``log_prob(exact=None)`` is exact up to this many dimensions, else
             Hutchinson's estimate (exact costs D Jacobian products per evaluation).
+        default_logprob_solver: ``log_prob``'s solver when a call gives none (None: ``default_solver``).
     """
 
     default_solver: str = "dopri5"
@@ -194,6 +197,7 @@ class ContinuousFlow(FlowModel):
     default_atol: float = 1e-5
     default_rtol: float = 1e-5
     exact_max_dim: int = 10
+    default_logprob_solver: str | None = None  # None: log_prob uses default_solver too
     t_span: tuple[float, float] = (0.0, 1.0)  # class default: instances pickled before t_span existed
 
     def __init__(
@@ -221,23 +225,30 @@ class ContinuousFlow(FlowModel):
         raise NotImplementedError
 
     def velocity_with_divergence(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Optional fast path: ``(u_t(x) [N, ...], div u_t(x) [N])`` exactly, without autograd."""
-        raise NotImplementedError
+        """``(u_t(x) [N, ...], div u_t(x) [N])`` exactly, without autograd: the field's fast path.
 
-    def _has_fast_divergence(self) -> bool:
-        return type(self).velocity_with_divergence is not ContinuousFlow.velocity_with_divergence
+        Raises:
+            NotImplementedError: the field of this model has no exact divergence of its own
+                (``log_prob`` then uses autograd).
+        """
+        fast = self.velocity_field(context).with_divergence
+        if fast is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}'s network has no exact divergence without autograd "
+                "(forward_with_divergence); log_prob uses autograd")
+        u, div = fast(x, t)
+        _check_field(u, x)
+        return u, div
 
     def velocity_field(self, context: Tensor | None = None) -> Field:
         """The ODE's right-hand side for ``context`` ``[N, C]`` (or None): a :class:`Field`.
 
-        Subclasses with options (e.g. ``guidance``) take them as keyword arguments; ``sample``,
-        ``log_prob`` and ``trajectory`` forward the extra keyword arguments they are given.
+        The default wraps :meth:`velocity`. Subclasses override it to add options (e.g.
+        ``guidance``: ``sample``, ``log_prob`` and ``trajectory`` forward the extra keyword
+        arguments they are given), to do per-context work once (a policy's observation prefix),
+        or to give the network's exact divergence (``Field.with_divergence``).
         """
-        fast = None
-        if self._has_fast_divergence():
-            def fast(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-                return self.velocity_with_divergence(x, t, context)
-        return Field(lambda x, t: self.velocity(x, t, context), fast)
+        return Field(lambda x, t: self.velocity(x, t, context))
 
     def _solver_args(self, solver, steps, atol, rtol) -> dict:
         solver = solver or self.default_solver
@@ -250,17 +261,23 @@ class ContinuousFlow(FlowModel):
             "rtol": rtol if rtol is not None else self.default_rtol,
         }
 
+    def _solve(self, field: Field, x0: Tensor, solver=None, steps=None, atol=None, rtol=None,
+               check_finite: bool = True) -> Tensor:
+        """Integrate ``field`` from ``x0`` (at ``t_start``) to ``t_end``; sets :attr:`nfe`."""
+        xs, self.nfe = odeint(field, x0, list(self.t_span), return_nfe=True, check_finite=check_finite,
+                              **self._solver_args(solver, steps, atol, rtol))
+        return xs[-1]
+
     def _sample(self, n, context, generator=None, steps=None, solver=None, atol=None, rtol=None, x0=None,
                 **field_options):
         x0 = self.base.sample(n, context, generator) if x0 is None else x0
-        xs, self.nfe = odeint(self.velocity_field(context, **field_options), x0, list(self.t_span), return_nfe=True,
-                              **self._solver_args(solver, steps, atol, rtol))
-        return xs[-1]
+        return self._solve(self.velocity_field(context, **field_options), x0, solver, steps, atol, rtol)
 
     def _log_prob(self, x, context=None, exact=None, steps=None, solver=None, atol=None, rtol=None,
                   probe="rademacher", generator=None, adjoint=False, exact_method="auto", **field_options):
         if exact is None:
             exact = x[0].numel() <= self.exact_max_dim
+        solver = solver or self.default_logprob_solver
         f = self.velocity_field(context, **field_options)
         lp, self.nfe = ode_log_prob(
             f.velocity, x, lambda z: self.base.log_prob(z, context),

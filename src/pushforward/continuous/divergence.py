@@ -16,7 +16,7 @@ is how many kernel launches and autograd nodes carry them):
   one VJP instead of D. Deeper fields assemble ``tr J`` from a left and a right partial product
   meeting in the middle layer, each one GEMM of ``[N, H]`` slopes by a fixed ``[H, D H]``
   matrix (the loop's multiply-add count, ``~2 D H^2`` per sample, but far fewer passes over
-  memory and kernel launches). FFJORD uses it (``velocity_with_divergence``);
+  memory and kernel launches). FFJORD's field and TimeMLP use it (``forward_with_divergence``);
   benchmarks/results/continuous.md has the speed-ups over the loop.
 """
 
@@ -314,3 +314,22 @@ def _meet(ws: list[Tensor], w_x: Tensor, slopes: list[Tensor], m: int, k_right, 
     mid = slopes[m][:, None, :]
     prod = prod * mid if torch.is_grad_enabled() else prod.mul_(mid)
     return prod.sum(-1)
+
+
+def network_divergence(net, context: Tensor | None = None):
+    """A field network's exact fast path for one context, or None when it has none.
+
+    A network ``net(x, t, context) -> u`` offers ``net.forward_with_divergence(x, t, context)
+    -> (u [N, D], div u [N])`` when it can compute the trace without autograd (FFJORD's
+    :class:`~pushforward.continuous.ConcatSquashField`, :class:`~pushforward.nets.TimeMLP` with
+    a smooth activation); ``net.has_divergence = False`` switches it off for configurations it
+    cannot trace. Returns ``(x, t) -> (u, div u)`` or None.
+    """
+    fwd = getattr(net, "forward_with_divergence", None)
+    if fwd is None or not getattr(net, "has_divergence", True):
+        return None
+
+    def with_divergence(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return fwd(x, t, context)
+
+    return with_divergence

@@ -25,8 +25,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pushforward.continuous.cnf import ContinuousFlow, _check_field, ode_log_prob
+from pushforward._validate import check_choice, check_positive_float, check_positive_int, check_widths
+from pushforward.continuous.cnf import ContinuousFlow, Field, ode_log_prob
 from pushforward.continuous.divergence import activation, fold_modulation, mlp_divergence, modulated_linear
+from pushforward.continuous.ode import SOLVERS
+from pushforward.registry import register
 
 ACTIVATIONS = ("softplus", "tanh", "silu", "elu")
 DIVERGENCES = ("hutchinson", "exact")
@@ -47,17 +50,10 @@ class ConcatSquashField(nn.Module):
     Shapes: x ``[N, D]``, t ``[]`` or ``[N]``, context ``[N, C]`` -> ``[N, D]``.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        context_dim: int = 0,
-        hidden: Sequence[int] = (96, 96),
-        time_embed: int = 0,
-        activation: str = "tanh",
-    ):
+    def __init__(self, dim: int, context_dim: int = 0, hidden: Sequence[int] = (96, 96), time_embed: int = 0,
+                 activation: str = "tanh"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        check_choice(activation, ACTIVATIONS, "activation")
         if isinstance(time_embed, bool) or not isinstance(time_embed, int) or time_embed < 0 or time_embed % 2:
             raise ValueError(f"time_embed must be 0 (raw t) or an even positive integer, got {time_embed!r}")
         self.dim, self.context_dim, self.activation = dim, context_dim, activation
@@ -119,15 +115,21 @@ class FFJORD(ContinuousFlow):
         hidden, time_embed, activation: the field, see :class:`ConcatSquashField`. With one or
             two hidden layers (the default ``(96, 96)``) and no context, the exact trace is a
             single GEMM whatever D (:func:`~pushforward.continuous.divergence.mlp_divergence`),
-            so ``divergence="exact"`` trains at about Hutchinson's cost and exact ``log_prob`` is
-            2-4x faster than a per-dimension loop at D = 5-10 (benchmarks/results/continuous.md);
-            deeper fields take D Jacobian columns.
+            so ``divergence="exact"`` trains at about Hutchinson's cost; deeper fields take D
+            Jacobian columns (docs/concepts/continuous.md).
         solver, atol, rtol, steps: ODE solver for training *and* default evaluation
             (``eval_atol``/``eval_rtol`` override the tolerances outside training).
         adjoint: gradients by the adjoint method (O(1) memory in the number of solver steps).
         kinetic, jacobian: RNODE regulariser weights (0 disables).
         divergence: ``"hutchinson"`` or ``"exact"`` trace during training.
         probe: Hutchinson probe, ``"rademacher"`` or ``"gaussian"``.
+
+    Registered as ``pf.build("ffjord", dim)``; the defaults train a 2-D toy in CPU minutes
+    (docs/concepts/continuous.md gives the measurements behind them).
+
+    Raises:
+        ValueError: an option outside its range, naming it (e.g. ``atol must be a finite
+            number > 0``).
     """
 
     default_batch_size = 512
@@ -153,13 +155,15 @@ class FFJORD(ContinuousFlow):
         probe: str = "rademacher",
     ):
         super().__init__((dim,), context_dim)
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"unknown divergence {divergence!r}; choose from {', '.join(DIVERGENCES)}")
-        if probe not in ("rademacher", "gaussian"):
-            raise ValueError(f"unknown probe {probe!r}; choose 'rademacher' or 'gaussian'")
+        check_choice(divergence, DIVERGENCES, "divergence")
+        check_choice(probe, ("rademacher", "gaussian"), "probe")
+        check_choice(solver, SOLVERS, "solver")
+        for name, tol in (("atol", atol), ("rtol", rtol), ("eval_atol", eval_atol), ("eval_rtol", eval_rtol)):
+            check_positive_float(tol, name, allow_none=name.startswith("eval"))
+        check_positive_int(steps, "steps", allow_none=True)
         for name, w in (("kinetic", kinetic), ("jacobian", jacobian)):
-            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-                raise ValueError(f"{name} regulariser weight must be a finite number >= 0, got {w!r}")
+            check_positive_float(w, f"{name} regulariser weight", allow_zero=True)
+        hidden = check_widths(hidden, "hidden")
         self.field = ConcatSquashField(dim, context_dim, hidden, time_embed, activation)
         self.default_solver, self.default_steps = solver, steps
         self.train_atol, self.train_rtol = atol, rtol
@@ -181,20 +185,23 @@ class FFJORD(ContinuousFlow):
         """``u_t(x)`` in standardized units: ``[N, D]`` -> ``[N, D]``."""
         return self.field(x, t, context)
 
-    def velocity_with_divergence(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(u_t(x), div u_t(x))`` exactly, in one forward pass."""
-        u, div = self.field.forward_with_divergence(x, t, context)
-        _check_field(u, x)
-        return u, div
+    def velocity_field(self, context: Tensor | None = None) -> Field:
+        """The field for ``context`` with its exact divergence in one forward pass."""
+        field = self.field
+
+        def with_divergence(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            return field.forward_with_divergence(x, t, context)
+
+        return Field(lambda x, t: field(x, t, context), with_divergence)
 
     def _loss(self, x: Tensor, context: Tensor | None) -> Tensor:
         if not (self.training and torch.is_grad_enabled()):
             return -self._log_prob(x, context).mean()
         regularize = self.kinetic > 0 or self.jacobian > 0
+        f = self.velocity_field(context)
         out = ode_log_prob(
-            lambda y, t: self.field(y, t, context), x, lambda z: self.base.log_prob(z, context),
-            exact=self.divergence == "exact", probe=self.probe,
-            velocity_divergence=lambda y, t: self.velocity_with_divergence(y, t, context),
+            f.velocity, x, lambda z: self.base.log_prob(z, context),
+            exact=self.divergence == "exact", probe=self.probe, velocity_divergence=f.with_divergence,
             adjoint=self.adjoint, adjoint_params=tuple(self.parameters()) if self.adjoint else None,
             regularize=regularize, **self._solver_args(None, None, None, None),
         )
@@ -207,3 +214,7 @@ class FFJORD(ContinuousFlow):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, solver={self.default_solver!r}, divergence={self.divergence!r}, "
                 f"kinetic={self.kinetic}, jacobian={self.jacobian}, adjoint={self.adjoint}")
+
+
+register("ffjord", FFJORD,
+         "continuous normalizing flow trained by maximum likelihood through the ODE (Grathwohl et al. 2019)")

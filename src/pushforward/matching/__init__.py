@@ -6,9 +6,9 @@ Matching Guide and Code"; TorchCFM). Build models by name: ``pf.build("fm" | "ot
 """
 
 from pushforward.matching.couplings import (
-    Coupling,
     IndependentCoupling,
     OTCoupling,
+    PairCoupling,
     SinkhornCoupling,
     get_coupling,
     transport_cost,
@@ -28,7 +28,7 @@ from pushforward.matching.paths import (
     expand_time,
     get_scheduler,
 )
-from pushforward.matching.rectified import distill, generate_pairs, reflow, straightness
+from pushforward.matching.rectified import RectifiedFlow, distill, generate_pairs, reflow, straightness
 from pushforward.matching.time_samplers import (
     BetaTime,
     LogitNormalTime,
@@ -43,13 +43,14 @@ __all__ = [
     "BrownianBridgePath",
     "CondOTScheduler",
     "CosineScheduler",
-    "Coupling",
     "FlowMatching",
     "IndependentCoupling",
     "LogitNormalTime",
     "OTCoupling",
+    "PairCoupling",
     "PathSample",
     "PolynomialScheduler",
+    "RectifiedFlow",
     "Scheduler",
     "SinkhornCoupling",
     "SubVPScheduler",

@@ -16,11 +16,9 @@ marginals exactly (sampling with replacement, used by Sinkhorn, keeps the data m
 - ``by_context=True`` (both OT couplings): pairs only within rows sharing the same context
   (class-conditional OT), so conditional models learn ``p(x | c)`` and not a mixture.
 
-Cost at batch 512 (2-D, one CPU core): ``ot.emd`` on the full 512 x 512 cost ~50 ms, against
-~4-13 ms for a 3x128-256 MLP's forward/backward; in blocks of 64 the exact solves take ~3 ms.
-Blocks are matched cells of a recursive median bisection of both sets along the data's principal
-axes, so the blocked assignment stays close to the full one (measured transport costs in
-``benchmarks/results/matching.md``).
+Exact OT on a whole batch costs more than a network step, so :class:`OTCoupling` solves it in
+matched blocks: cells of a recursive median bisection of both sets along the data's principal
+axes (costs and transport costs: docs/matching.md, ``benchmarks/results/matching.md``).
 """
 
 from __future__ import annotations
@@ -30,6 +28,8 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
+
+from pushforward._validate import resolve_named
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -51,8 +51,10 @@ def _groups(context: Tensor | None, n: int, device) -> list[Tensor]:
     return list(torch.split(order, counts))
 
 
-class Coupling:
-    """Base class: ``coupling(x_0, x_1, context=None, generator=None) -> x_0`` reordered."""
+class PairCoupling:
+    """Base class of the pairings of noise and data: ``coupling(x_0, x_1, context=None,
+    generator=None) -> x_0`` reordered (not a coupling *layer*, see
+    :mod:`pushforward.transforms.coupling`)."""
 
     by_context: bool = False
 
@@ -74,7 +76,7 @@ class Coupling:
         return f"{type(self).__name__}({args})"
 
 
-class IndependentCoupling(Coupling):
+class IndependentCoupling(PairCoupling):
     """``pi(x_0, x_1) = q(x_0) q(x_1)``: the pairs as drawn."""
 
     def __call__(self, x_0, x_1, context=None, generator=None):
@@ -109,7 +111,7 @@ def _assignment(cost: np.ndarray, solver: str = "auto") -> np.ndarray:
     return j
 
 
-class OTCoupling(Coupling):
+class OTCoupling(PairCoupling):
     """Minibatch optimal transport with squared Euclidean cost (Tong et al. 2024, OT-CFM).
 
     Args:
@@ -199,7 +201,7 @@ def _bisection_order(proj: np.ndarray, n: int) -> np.ndarray:
     return order
 
 
-class SinkhornCoupling(Coupling):
+class SinkhornCoupling(PairCoupling):
     """Entropic OT coupling: ``pi = argmin <pi, C> - eps H(pi)`` by log-domain Sinkhorn (Cuturi 2013).
 
     For each data row ``i`` a noise row is drawn from ``pi[i, :] / pi[i, :].sum()`` (with
@@ -249,10 +251,6 @@ class SinkhornCoupling(Coupling):
 COUPLINGS = {"independent": IndependentCoupling, "ot": OTCoupling, "sinkhorn": SinkhornCoupling}
 
 
-def get_coupling(name: str | Coupling, **kwargs) -> Coupling:
+def get_coupling(name: str | PairCoupling, **kwargs) -> PairCoupling:
     """A coupling by name (``independent``, ``ot``, ``sinkhorn``) or pass one through."""
-    if isinstance(name, Coupling):
-        return name
-    if name not in COUPLINGS:
-        raise ValueError(f"unknown coupling {name!r}; choose from {', '.join(COUPLINGS)}")
-    return COUPLINGS[name](**kwargs)
+    return resolve_named(name, COUPLINGS, PairCoupling, "coupling", **kwargs)

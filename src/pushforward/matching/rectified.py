@@ -23,6 +23,24 @@ from torch import Tensor
 from pushforward.continuous.ode import odeint
 from pushforward.matching.couplings import IndependentCoupling
 from pushforward.matching.models import FlowMatching
+from pushforward.registry import register
+
+
+class RectifiedFlow(FlowMatching):
+    """1-rectified flow (Liu et al. 2023): :class:`FlowMatching` on the straight path only.
+
+    Same options as :class:`FlowMatching`; ``path`` must be ``"ot"`` with ``sigma_min = 0``.
+    Registered as ``rectified`` with Euler sampling (32 steps) by default;
+    :func:`reflow` returns the next rectified flow trained on the model's own noise/data pairs,
+    :func:`distill` a one-step generator.
+    """
+
+    straight_path_only = True
+
+
+register("rectified", RectifiedFlow,
+         "Rectified flow (Liu et al. 2023): straight path; use pf.matching.reflow to straighten",
+         preset={"solver": "euler", "steps": 32})
 
 
 def _context(model: FlowMatching, context: Tensor | None, n: int) -> Tensor | None:
@@ -53,7 +71,7 @@ def generate_pairs(
     out = []
     for i in range(0, n, batch_size):
         c = None if context is None else context[i:i + batch_size]
-        xs = odeint(lambda t, x, c=c: model.velocity(x, t, c), x0[i:i + batch_size], [0.0, 1.0],
+        xs = odeint(model.velocity_field(c), x0[i:i + batch_size], [0.0, 1.0],
                     solver=solver, steps=steps, atol=atol, rtol=rtol)
         out.append(xs[-1])
     return x0, torch.cat(out)
@@ -78,7 +96,7 @@ def straightness(
     if x0 is None:
         x0 = model.base.sample(n, context, generator)
     times = torch.linspace(0.0, 1.0, steps + 1).tolist()
-    traj = odeint(lambda t, x: model.velocity(x, t, context), x0, times, solver="euler", steps=steps)
+    traj = odeint(model.velocity_field(context), x0, times, solver="euler", steps=steps)
     disp = traj[-1] - traj[0]
     vel = (traj[1:] - traj[:-1]) * steps
     dev = (vel - disp[None]).pow(2).reshape(steps, x0.shape[0], -1).sum(-1)
@@ -102,7 +120,7 @@ def _train_on_pairs(model, x0, x1, context, *, steps, max_time, batch_size, lr, 
         if at_zero:
             # One-step distillation: v(x_0, 0) regresses onto the displacement x_1 - x_0.
             t = x0.new_zeros(idx.shape[0])
-            loss = (model.net(x0[idx], t, c) - (x1[idx] - x0[idx])).pow(2).mean()
+            loss = (model.velocity_field(c, guidance=1.0).velocity(x0[idx], t) - (x1[idx] - x0[idx])).pow(2).mean()
         else:
             loss = model.paired_loss(x0[idx], x1[idx], c)
         opt.zero_grad(set_to_none=True)
@@ -115,20 +133,27 @@ def _train_on_pairs(model, x0, x1, context, *, steps, max_time, batch_size, lr, 
     return losses
 
 
-def reflow(
-    model: FlowMatching,
-    n: int = 10_000,
-    context: Tensor | None = None,
-    *,
-    steps: int = 2000,
-    max_time: float | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    warm_start: bool = True,
-    pair_solver: str = "dopri5",
-    pair_steps: int | None = None,
-    generator: torch.Generator | None = None,
-) -> FlowMatching:
+def _retrain(model: FlowMatching, n: int, context: Tensor | None, *, at_zero: bool, steps: int,
+             max_time: float | None, batch_size: int | None, lr: float | None, pair_solver: str,
+             pair_steps: int | None, generator: torch.Generator | None, reset: bool = False) -> FlowMatching:
+    """A copy of ``model`` trained on ``n`` of its own noise/data pairs (reflow or distillation)."""
+    x0, x1 = generate_pairs(model, n, context, solver=pair_solver, steps=pair_steps, generator=generator)
+    context = _context(model, context, n)
+    new = copy.deepcopy(model)
+    if reset:
+        for m in new.net.modules():
+            if hasattr(m, "reset_parameters") and m is not new.net:
+                m.reset_parameters()
+    new.history = _train_on_pairs(new, x0, x1, context, steps=steps, max_time=max_time,
+                                  batch_size=batch_size or model.default_batch_size,
+                                  lr=lr or model.default_lr, at_zero=at_zero, generator=generator)
+    return new
+
+
+def reflow(model: FlowMatching, n: int = 10_000, context: Tensor | None = None, *, steps: int = 2000,
+           max_time: float | None = None, batch_size: int | None = None, lr: float | None = None,
+           warm_start: bool = True, pair_solver: str = "dopri5", pair_steps: int | None = None,
+           generator: torch.Generator | None = None) -> FlowMatching:
     """k-rectified flow -> (k+1)-rectified flow: retrain on the model's own noise/data pairs.
 
     Draws ``n`` pairs with :func:`generate_pairs` (context ``[n, C]`` for conditional models),
@@ -137,47 +162,26 @@ def reflow(
     ``max_time`` seconds. Returns the new model (``reflow_round`` counts the rounds); ``model``
     is unchanged. The coupling of the result is independent: the pairs are already coupled.
     """
-    x0, x1 = generate_pairs(model, n, context, solver=pair_solver, steps=pair_steps, generator=generator)
-    context = _context(model, context, n)
-    new = copy.deepcopy(model)
+    new = _retrain(model, n, context, at_zero=False, steps=steps, max_time=max_time, batch_size=batch_size, lr=lr,
+                   pair_solver=pair_solver, pair_steps=pair_steps, generator=generator, reset=not warm_start)
     new.coupling = IndependentCoupling()
-    if not warm_start:
-        for m in new.net.modules():
-            if hasattr(m, "reset_parameters") and m is not new.net:
-                m.reset_parameters()
-    new.history = _train_on_pairs(new, x0, x1, context, steps=steps, max_time=max_time,
-                                  batch_size=batch_size or model.default_batch_size,
-                                  lr=lr or model.default_lr, at_zero=False, generator=generator)
     new.reflow_round = getattr(model, "reflow_round", 1) + 1
     if new.config is not None:
         new.config = {**new.config, "coupling": "independent"}
     return new
 
 
-def distill(
-    model: FlowMatching,
-    n: int = 10_000,
-    context: Tensor | None = None,
-    *,
-    steps: int = 2000,
-    max_time: float | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    pair_solver: str = "dopri5",
-    generator: torch.Generator | None = None,
-) -> FlowMatching:
+def distill(model: FlowMatching, n: int = 10_000, context: Tensor | None = None, *, steps: int = 2000,
+            max_time: float | None = None, batch_size: int | None = None, lr: float | None = None,
+            pair_solver: str = "dopri5", generator: torch.Generator | None = None) -> FlowMatching:
     """Distil a (rectified) flow into a one-step generator ``x_1 = x_0 + v(x_0, 0)`` (Liu et al. sec. 2.3).
 
     Trains a copy of ``model`` on its own pairs with ``E ||(x_1 - x_0) - v(x_0, 0)||^2``; the
     result samples with one Euler step by default (``sample(n)``). Its ``log_prob`` is not a
     meaningful density (only ``v(., 0)`` was trained).
     """
-    x0, x1 = generate_pairs(model, n, context, solver=pair_solver, generator=generator)
-    context = _context(model, context, n)
-    student = copy.deepcopy(model)
-    student.history = _train_on_pairs(student, x0, x1, context, steps=steps, max_time=max_time,
-                                      batch_size=batch_size or model.default_batch_size,
-                                      lr=lr or model.default_lr, at_zero=True, generator=generator)
+    student = _retrain(model, n, context, at_zero=True, steps=steps, max_time=max_time, batch_size=batch_size,
+                       lr=lr, pair_solver=pair_solver, pair_steps=None, generator=generator)
     student.default_solver, student.default_steps = "euler", 1
     if student.config is not None:
         student.config = {**student.config, "solver": "euler", "steps": 1}

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from pushforward._validate import check_choice
+from pushforward._validate import resolve_named
 from pushforward.matching.paths import ByValue
 
 
@@ -103,6 +103,4 @@ TIME_SAMPLERS = {"uniform": UniformTime, "logit-normal": LogitNormalTime, "beta"
 
 def get_time_sampler(name: str | TimeSampler, **kwargs) -> TimeSampler:
     """A time sampler by name (``uniform``, ``logit-normal``, ``beta``) or pass one through."""
-    if isinstance(name, TimeSampler):
-        return name
-    return TIME_SAMPLERS[check_choice(name, tuple(TIME_SAMPLERS), "time_sampler")](**kwargs)
+    return resolve_named(name, TIME_SAMPLERS, TimeSampler, "time_sampler", **kwargs)

@@ -10,6 +10,16 @@ from torch import Tensor, nn
 
 from pushforward.nets.mlp import _ACTIVATIONS
 
+# Activations whose derivative continuous.divergence.mlp_divergence knows (nn.ELU at its alpha = 1).
+_TRACEABLE = {nn.SiLU: "silu", nn.Tanh: "tanh", nn.ELU: "elu"}
+
+
+def batch_times(t: Tensor | float, ref: Tensor) -> Tensor:
+    """Times as ``[N]`` in ``ref``'s dtype/device (``ref`` ``[N, ...]``; a float or 0-d ``t`` is
+    broadcast, a ``[N]`` one passed through)."""
+    t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
+    return t.expand(ref.shape[0]) if t.dim() == 0 else t
+
 
 class SinusoidalEmbedding(nn.Module):
     """``t -> [sin(w_k t), cos(w_k t)]`` with log-spaced frequencies (Vaswani et al. 2017).
@@ -42,6 +52,10 @@ class TimeMLP(nn.Module):
         activation: silu (default), relu, gelu, tanh, elu; smooth activations keep divergence
             well-defined for likelihoods.
     Shapes: x ``[N, D]``, t ``[]`` or ``[N]``, context ``[N, C]`` -> ``[N, out_dim]``.
+
+    With ``out_dim = D`` and a silu, tanh or elu activation (``has_divergence``),
+    :meth:`forward_with_divergence` gives the exact divergence in one forward pass
+    (:func:`~pushforward.continuous.divergence.mlp_divergence`).
     """
 
     def __init__(
@@ -65,10 +79,45 @@ class TimeMLP(nn.Module):
         layers.append(nn.Linear(widths[-1], out_dim or dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:  # noqa: D102
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
+    def _condition(self, x: Tensor, t: Tensor | float, context: Tensor | None) -> Tensor:
+        """The inputs besides x: ``[emb(t), context]`` ``[N, E]``."""
+        t = batch_times(t, x)
         te = self.embed(t) if self.embed is not None else t[:, None]
-        parts = [x, te] if context is None else [x, te, context]
-        return self.net(torch.cat(parts, dim=-1))
+        return te if context is None else torch.cat([te, context], dim=-1)
+
+    def forward(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:  # noqa: D102
+        return self.net(torch.cat([x, self._condition(x, t, context)], dim=-1))
+
+    @property
+    def has_divergence(self) -> bool:
+        """Whether :meth:`forward_with_divergence` applies (square output, traceable activation)."""
+        return self._trace_activation() is not None
+
+    def _trace_activation(self) -> str | None:
+        mods = list(self.net)
+        if mods[-1].out_features != self.dim:
+            return None
+        if len(mods) == 1:
+            return "identity"
+        act = mods[1]
+        name = _TRACEABLE.get(type(act))
+        return None if name is None or (name == "elu" and act.alpha != 1.0) else name
+
+    def forward_with_divergence(self, x: Tensor, t: Tensor | float,
+                                context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(f [N, D], div_x f [N])`` exactly, without autograd (Jacobian trace of the MLP).
+
+        Raises:
+            NotImplementedError: ``out_dim != D`` or an activation without a known derivative.
+        """
+        name = self._trace_activation()
+        if name is None:
+            raise NotImplementedError(
+                f"no exact trace for this TimeMLP (out_dim={self.net[-1].out_features}, dim={self.dim}, "
+                f"activation {type(self.net[1]).__name__ if len(self.net) > 1 else None}); use autograd")
+        # Imported here: pushforward.continuous imports the distributions, which import nets.
+        from pushforward.continuous.divergence import mlp_divergence
+
+        lins = list(self.net)[0::2]
+        return mlp_divergence(x, [m.weight for m in lins], [m.bias for m in lins], name,
+                              extra_input=self._condition(x, t, context))

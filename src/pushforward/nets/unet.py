@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pushforward.nets.time import SinusoidalEmbedding
+from pushforward.nets.time import SinusoidalEmbedding, batch_times
 
 
 def _groups(ch: int) -> int:
@@ -72,10 +72,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(w1), w1), nn.SiLU(), nn.Conv2d(w1, out_channels or channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:  # noqa: D102
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        e = self.t_embed(t)
+        e = self.t_embed(batch_times(t, x))
         if self.c_embed is not None and context is not None:
             e = e + self.c_embed(context)
         e = F.silu(e)

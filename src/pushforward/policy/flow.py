@@ -11,37 +11,68 @@ training time density is pi0's shifted Beta converted to this convention
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from pushforward._validate import check_finite
-from pushforward.continuous.cnf import ContinuousFlow
-from pushforward.continuous.ode import FIXED_SOLVERS, odeint
+from pushforward._validate import check_choice, check_dim, check_finite, check_positive_int
+from pushforward.continuous.cnf import ContinuousFlow, Field
+from pushforward.continuous.ode import FIXED_SOLVERS
+from pushforward.matching.models import FlowMatching
 from pushforward.matching.paths import AffinePath
 from pushforward.matching.time_samplers import TIME_SAMPLERS, get_time_sampler
 from pushforward.policy.base import ChunkPolicyMixin
 from pushforward.policy.nets import NETS, make_net
 
 
-def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+def _expert(kind: str, obs_dim: int, action_dim: int, horizon: int, num_tasks: int, **options) -> nn.Module:
+    """The action expert; options left at None take the expert's own default."""
+    return make_net(kind, obs_dim, action_dim, horizon, num_tasks, **{k: v for k, v in options.items() if v is not None})
 
 
-class FlowPolicy(ChunkPolicyMixin, ContinuousFlow):
+def _check_policy_args(obs_dim, action_dim, horizon, num_tasks, net, time_sampler, solver) -> None:
+    # Checked before the network is built from them (ChunkPolicyMixin._init_policy checks again).
+    for name, v in (("obs_dim", obs_dim), ("action_dim", action_dim), ("horizon", horizon)):
+        check_dim(v, name)
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 0:
+        raise ValueError(f"num_tasks must be a non-negative integer, got {num_tasks!r}")
+    check_choice(net, tuple(NETS), "net")
+    check_choice(time_sampler, tuple(TIME_SAMPLERS), "time_sampler")
+    check_choice(solver, tuple(FIXED_SOLVERS), "solver (a fixed-grid solver)")
+
+
+def expert_field(net: nn.Module, obs: Tensor, task: Tensor | None, prefix: Tensor | None = None,
+                 x0: Tensor | None = None) -> Field:
+    """The ODE field of an encoder/decoder action expert for one batch of observations.
+
+    ``net.encode(obs [B, O], task)`` runs once (pi0's prefix cache); the field calls
+    ``net.decode(x [B, H, A], t, cache)`` at every step. With ``prefix`` ``[B, d, A]`` (and the
+    initial noise ``x0``) the first d actions follow their conditional path ``x_t = t a + (1 - t)
+    x0`` exactly (inpainting, real-time chunking): their velocity ``a - x0`` is constant, so any
+    Runge–Kutta solver integrates it exactly, and the network, attending to them, fills in the rest.
+    """
+    cache = net.encode(obs, task)
+    if prefix is None:
+        return Field(lambda x, t: net.decode(x, t, cache))
+    d, horizon = prefix.shape[1], x0.shape[1]
+    mask = (torch.arange(horizon, device=x0.device) < d)[:, None]
+    fixed = torch.nn.functional.pad(prefix - x0[:, :d], (0, 0, 0, horizon - d))
+    return Field(lambda x, t: torch.where(mask, fixed, net.decode(x, t, cache)))
+
+
+class FlowPolicy(ChunkPolicyMixin, FlowMatching):
     """Conditional flow matching over action chunks ``[H, A]`` given observations ``[O]``.
 
-    Training (``pf.fit(policy, actions [N, H, A], context=obs [N, O])``) regresses the
-    conditional OT velocity (Lipman et al. 2023; pi0 eq. 1, time reversed):
+    A :class:`~pushforward.matching.FlowMatching` model on the straight path whose network is an
+    encoder/decoder action expert. Training (``pf.fit(policy, actions [N, H, A], context=obs
+    [N, O])``) regresses the conditional OT velocity (Lipman et al. 2023; pi0 eq. 1, time
+    reversed):
 
         L = E_{t ~ p(t), eps ~ N(0, I)} || v_theta(t A + (1 - t) eps, t, o) - (A - eps) ||^2 ,
 
     in normalised units (per-dimension action/observation statistics stored in the policy).
     Acting integrates ``dx/dt = v_theta(x, t, o)`` from noise at t = 0 to t = 1 with ``steps``
-    Euler steps (pi0: 10); the observation is encoded once per chunk (prefix cache).
+    Euler steps (pi0: 10); :meth:`velocity_field` encodes the observation once per chunk
+    (prefix cache).
 
     Args:
         obs_dim: observation size O. action_dim: A. horizon: H (chunk length).
@@ -49,9 +80,11 @@ class FlowPolicy(ChunkPolicyMixin, ContinuousFlow):
             extra last column (``context_dim = O + 1``) and ``act`` takes ``task=``.
         net: ``"transformer"`` (pi0's action expert, default) or ``"mlp"`` (tiny problems).
         time_sampler: ``"beta"`` (pi0, default), ``"uniform"`` or ``"logit-normal"``.
-        steps, solver: ``act``/``sample`` defaults (10 Euler steps, as pi0).
-        **net_options: ``width``, ``depth``, ``heads``, ``obs_tokens``, ``time_embed`` (see
-            :class:`~pushforward.policy.nets.ActionTransformer` / ``ActionMLP``).
+        steps, solver: ``act``/``sample`` defaults (10 Euler steps, as pi0; fixed-grid solvers).
+        width, depth, heads, obs_tokens, time_embed: the expert's sizes; None takes the
+            expert's default (transformer: width 128, heads 4, obs_tokens 2, time_embed 64;
+            MLP: width 256, time_embed 32; heads/obs_tokens are transformer-only). See
+            :class:`~pushforward.policy.nets.ActionTransformer` / ``ActionMLP``.
 
     Shapes: ``loss(actions [N, H, A], context [N, C])``; ``sample(n, context [n, C])`` and
     ``act(obs [B, O]) -> [B, H, A]`` in raw units.
@@ -66,73 +99,51 @@ class FlowPolicy(ChunkPolicyMixin, ContinuousFlow):
     default_lr = 3e-4
     default_ema = 0.999
     default_schedule = "cosine"
+    default_logprob_solver = None  # log_prob integrates with the sampling solver
+    exact_max_dim = ContinuousFlow.exact_max_dim
 
     def __init__(self, obs_dim: int, action_dim: int, horizon: int, *, num_tasks: int = 0,
-                 net: str = "transformer", time_sampler: str = "beta", steps: int = 10,
-                 solver: str = "euler", **net_options: Any):
-        ContinuousFlow.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0))
+                 net: str = "transformer", time_sampler: str = "beta", steps: int = 10, solver: str = "euler",
+                 width: int | None = None, depth: int = 3, heads: int | None = None, obs_tokens: int | None = None,
+                 time_embed: int | None = None):
+        _check_policy_args(obs_dim, action_dim, horizon, num_tasks, net, time_sampler, solver)
+        sizes = dict(width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
+        FlowMatching.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0),
+                              net=_expert(net, obs_dim, action_dim, horizon, num_tasks, **sizes),
+                              time_sampler=time_sampler, steps=steps, solver=solver)
+        self.default_logprob_solver = None
         self._init_policy(obs_dim, action_dim, horizon, num_tasks)
-        if net not in NETS:
-            raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
-        if time_sampler not in TIME_SAMPLERS:
-            raise ValueError(f"time_sampler must be one of {tuple(TIME_SAMPLERS)}, got {time_sampler!r}")
-        if solver not in FIXED_SOLVERS:
-            raise ValueError(f"solver must be a fixed-grid solver {tuple(FIXED_SOLVERS)}, got {solver!r}")
-        self.default_steps, self.default_solver = _check_steps(steps), solver
-        self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **net_options)
-        self.path = AffinePath("ot")
-        self.time_sampler = get_time_sampler(time_sampler)
         self.config = self._policy_config("flow-policy", net=net, time_sampler=time_sampler, steps=steps,
-                                          solver=solver, **net_options)
+                                          solver=solver, **sizes)
 
     # ----------------------------------------------------------------- field
-    def velocity(self, x: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
-        """``v(x, t, c)`` in normalised action units; context in raw units ``[N, C]``."""
-        obs, task = self._split_context(context)
-        return self.net.decode(x, t, self.net.encode(obs, task))
+    def velocity_field(self, context: Tensor | None = None, guidance: float | None = None) -> Field:
+        """The field for raw contexts ``[N, C]``: the observation is encoded once, here."""
+        if guidance not in (None, 1.0):
+            raise ValueError(f"a FlowPolicy has no classifier-free guidance, got guidance={guidance}")
+        return expert_field(self.net, *self._split_context(context))
 
     def _loss(self, x: Tensor, context: Tensor | None) -> Tensor:
-        obs, task = self._split_context(context)
+        # Time first, then noise: the order of draws of seeded training runs stays as it was.
         t = self.time_sampler.sample(x.shape[0], device=x.device, dtype=x.dtype)
-        ps = self.path.sample(torch.randn_like(x), x, t)
-        v = self.net.decode(ps.x_t, t, self.net.encode(obs, task))
-        return (v - ps.dx_t).pow(2).mean()
+        return self.paired_loss(torch.randn_like(x), x, context, t)
 
     # ----------------------------------------------------------------- sampling
-    def _integrate(self, obs_n: Tensor, task: Tensor | None, generator: torch.Generator | None,
-                   steps: int | None, solver: str | None, prefix: Tensor | None, x0: Tensor | None = None) -> Tensor:
-        steps = _check_steps(self.default_steps if steps is None else steps)
+    def _integrate(self, field: Field, x0: Tensor, steps: int | None, solver: str | None) -> Tensor:
+        steps = check_positive_int(self.default_steps if steps is None else steps, "steps")
         solver = solver or self.default_solver
         if solver not in FIXED_SOLVERS:
             raise ValueError(f"act uses fixed-grid solvers {tuple(FIXED_SOLVERS)}, got {solver!r}")
-        b = obs_n.shape[0]
-        if x0 is None:
-            x0 = torch.randn((b, *self.event_shape), generator=generator, device=obs_n.device, dtype=obs_n.dtype)
-        cache = self.net.encode(obs_n, task)  # once per chunk, reused at every step
-        if prefix is None:
-            def field(t, x):
-                return self.net.decode(x, t, cache)
-        else:
-            # Inpainting (real-time chunking): the first d actions follow their conditional path
-            # x_t = t a + (1 - t) x0 exactly (constant velocity a - x0, integrated exactly by any
-            # RK solver); the network, attending to them, fills in the rest consistently.
-            d = prefix.shape[1]
-            mask = torch.zeros(self.horizon, 1, dtype=torch.bool, device=obs_n.device)
-            mask[:d] = True
-            fixed = torch.nn.functional.pad(prefix - x0[:, :d], (0, 0, 0, self.horizon - d))
-
-            def field(t, x):
-                return torch.where(mask, fixed, self.net.decode(x, t, cache))
         # One finiteness check of the result instead of one per step (a host sync each on GPU).
-        xs, self.nfe = odeint(field, x0, [0.0, 1.0], solver=solver, steps=steps, return_nfe=True, check_finite=False)
-        return check_finite(xs[-1], "generated action chunk")
+        return check_finite(self._solve(field, x0, solver, steps, check_finite=False), "generated action chunk")
 
     def _act_std(self, obs_n, task, generator, prefix=None, steps=None, solver=None):
-        return self._integrate(obs_n, task, generator, steps, solver, prefix)
+        x0 = self.base.sample(obs_n.shape[0], None, generator)
+        return self._integrate(expert_field(self.net, obs_n, task, prefix, x0), x0, steps, solver)
 
     def _sample(self, n, context, generator=None, steps=None, solver=None, atol=None, rtol=None, x0=None):
-        obs, task = self._split_context(context)
-        return self._integrate(obs, task, generator, steps, solver, None, x0)
+        x0 = self.base.sample(n, context, generator) if x0 is None else x0
+        return self._integrate(self.velocity_field(context), x0, steps, solver)
 
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, horizon={self.horizon}, "
@@ -146,7 +157,8 @@ class HierarchicalFlowPolicy(ChunkPolicyMixin, ContinuousFlow):
     ``A_coarse = A[:, ::stride]`` ``[H / stride, A]`` is generated from the observation; the fine
     flow sees the observation and the (normalised, flattened) coarse chunk. Both are trained by
     conditional flow matching in one loss (the fine flow on the ground-truth coarse chunk, i.e.
-    teacher forcing): ``L = L_coarse + L_fine``. Acting runs both with ``steps`` each.
+    teacher forcing): ``L = L_coarse + L_fine``. Acting runs both with ``steps`` each, each an
+    :func:`expert_field` solved by the shared ODE routine. Options as :class:`FlowPolicy`.
     """
 
     default_batch_size = 256
@@ -154,28 +166,29 @@ class HierarchicalFlowPolicy(ChunkPolicyMixin, ContinuousFlow):
     default_ema = 0.999
 
     def __init__(self, obs_dim: int, action_dim: int, horizon: int, *, stride: int = 4, num_tasks: int = 0,
-                 net: str = "transformer", time_sampler: str = "beta", steps: int = 10,
-                 solver: str = "euler", **net_options: Any):
-        ContinuousFlow.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0))
-        self._init_policy(obs_dim, action_dim, horizon, num_tasks)
+                 net: str = "transformer", time_sampler: str = "beta", steps: int = 10, solver: str = "euler",
+                 width: int | None = None, depth: int = 3, heads: int | None = None, obs_tokens: int | None = None,
+                 time_embed: int | None = None):
+        _check_policy_args(obs_dim, action_dim, horizon, num_tasks, net, time_sampler, solver)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 2 or horizon % stride:
             raise ValueError(f"stride must be an integer >= 2 dividing horizon={horizon}, got {stride!r}")
-        if solver not in FIXED_SOLVERS:
-            raise ValueError(f"solver must be a fixed-grid solver {tuple(FIXED_SOLVERS)}, got {solver!r}")
+        ContinuousFlow.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0))
+        self._init_policy(obs_dim, action_dim, horizon, num_tasks)
         self.stride = stride
-        self.default_steps, self.default_solver = _check_steps(steps), solver
+        self.default_steps, self.default_solver = check_positive_int(steps, "steps"), solver
         hc = horizon // stride
-        self.coarse = make_net(net, obs_dim, action_dim, hc, num_tasks, **net_options)
-        self.fine = make_net(net, obs_dim + hc * action_dim, action_dim, horizon, num_tasks, **net_options)
+        sizes = dict(width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
+        self.coarse = _expert(net, obs_dim, action_dim, hc, num_tasks, **sizes)
+        self.fine = _expert(net, obs_dim + hc * action_dim, action_dim, horizon, num_tasks, **sizes)
         self.path = AffinePath("ot")
         self.time_sampler = get_time_sampler(time_sampler)
         self.config = self._policy_config("hierarchical-flow-policy", stride=stride, net=net,
-                                          time_sampler=time_sampler, steps=steps, solver=solver, **net_options)
+                                          time_sampler=time_sampler, steps=steps, solver=solver, **sizes)
 
     def _fm(self, net, x: Tensor, obs: Tensor, task: Tensor | None) -> Tensor:
         t = self.time_sampler.sample(x.shape[0], device=x.device, dtype=x.dtype)
         ps = self.path.sample(torch.randn_like(x), x, t)
-        return (net.decode(ps.x_t, t, net.encode(obs, task)) - ps.dx_t).pow(2).mean()
+        return (expert_field(net, obs, task).velocity(ps.x_t, t) - ps.dx_t).pow(2).mean()
 
     def _loss(self, x, context):
         obs, task = self._split_context(context)
@@ -185,21 +198,19 @@ class HierarchicalFlowPolicy(ChunkPolicyMixin, ContinuousFlow):
     def velocity(self, x, t, context=None):
         raise NotImplementedError("a hierarchical policy is two flows; use sample/act")
 
-    def _solve(self, net, shape, obs, task, generator, steps, solver):
+    def _flow(self, net, shape, obs, task, generator, steps, solver):
         x0 = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
-        cache = net.encode(obs, task)
-        xs = odeint(lambda t, x: net.decode(x, t, cache), x0, [0.0, 1.0], solver=solver, steps=steps)
-        return xs[-1]
+        return self._solve(expert_field(net, obs, task), x0, solver, steps)
 
     def _act_std(self, obs_n, task, generator, prefix=None, steps=None, solver=None):
         if prefix is not None:
             raise ValueError("HierarchicalFlowPolicy does not support prefix inpainting; use FlowPolicy")
-        steps = _check_steps(self.default_steps if steps is None else steps)
+        steps = check_positive_int(self.default_steps if steps is None else steps, "steps")
         solver = solver or self.default_solver
         b, hc = obs_n.shape[0], self.horizon // self.stride
-        coarse = self._solve(self.coarse, (b, hc, self.action_dim), obs_n, task, generator, steps, solver)
+        coarse = self._flow(self.coarse, (b, hc, self.action_dim), obs_n, task, generator, steps, solver)
         fine_obs = torch.cat([obs_n, coarse.flatten(1)], 1)
-        return self._solve(self.fine, (b, *self.event_shape), fine_obs, task, generator, steps, solver)
+        return self._flow(self.fine, (b, *self.event_shape), fine_obs, task, generator, steps, solver)
 
     def _sample(self, n, context, generator=None, steps=None, solver=None, **_):
         obs, task = self._split_context(context)

@@ -12,13 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pushforward.nets.time import SinusoidalEmbedding
-
-
-def _time(t: Tensor | float, ref: Tensor) -> Tensor:
-    """Times as ``[B]`` in ``ref``'s dtype/device (a float or 0-d tensor is broadcast)."""
-    t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
-    return t.expand(ref.shape[0]) if t.dim() == 0 else t
+from pushforward.nets.time import SinusoidalEmbedding, batch_times
 
 
 class ObsEncoder(nn.Module):
@@ -117,7 +111,7 @@ class ActionTransformer(nn.Module):
 
     def decode(self, x: Tensor, t: Tensor | float, cache: list[tuple[Tensor, Tensor]]) -> Tensor:
         """Velocity ``[B, H, A]`` of the noisy chunk ``x`` at time ``t`` given the prefix cache."""
-        te = self.embed_t(_time(t, x))[:, None].expand(-1, x.shape[1], -1)
+        te = self.embed_t(batch_times(t, x))[:, None].expand(-1, x.shape[1], -1)
         h = self.action_time(torch.cat([self.in_action(x), te], -1)) + self.pos[: x.shape[1]]
         for blk, kv in zip(self.act_blocks, cache):
             h, _ = blk(h, kv)
@@ -154,7 +148,7 @@ class ActionMLP(nn.Module):
 
     def decode(self, x: Tensor, t: Tensor | float, cache: Tensor) -> Tensor:
         """Velocity ``[B, H, A]``."""
-        te = self.embed_t(_time(t, x))
+        te = self.embed_t(batch_times(t, x))
         out = self.net(torch.cat([x.flatten(1), te, cache.expand(x.shape[0], -1)], -1))
         return out.view(x.shape)
 

@@ -30,8 +30,8 @@ from pushforward._validate import (
     check_positive_int,
     check_widths,
 )
-from pushforward.continuous.cnf import ContinuousFlow
-from pushforward.continuous.divergence import mlp_divergence
+from pushforward.continuous.cnf import ContinuousFlow, Field
+from pushforward.continuous.divergence import network_divergence
 from pushforward.continuous.ode import SOLVERS
 from pushforward.matching.paths import AffinePath, expand_time
 from pushforward.nets import TimeMLP
@@ -39,8 +39,6 @@ from pushforward.registry import register
 from pushforward.score.sde import SDE, SDES, SDEPrior, TimeLike, make_sde
 
 PARAMETRIZATIONS = ("eps", "score")
-# TimeMLP activations whose derivative mlp_divergence knows (ELU only with its default alpha = 1).
-_TRACE_ACTIVATIONS = {nn.SiLU: "silu", nn.Tanh: "tanh", nn.ELU: "elu"}
 WEIGHTINGS = ("sigma2", "likelihood")
 SAMPLERS = ("ode", "em", "pc")
 
@@ -255,52 +253,41 @@ class ScoreModel(ContinuousFlow):
         s = self._s_vec(s.clamp(self.s_eps, 1.0), x)
         return self.path.epsilon_to_velocity(self.eps_s(x, s, context), x, 1.0 - s)
 
-    def _mlp_layers(self) -> tuple[list[Tensor], list[Tensor], str] | None:
-        """Weights, biases and activation of a :class:`~pushforward.nets.TimeMLP` network whose
-        exact divergence :func:`~pushforward.continuous.divergence.mlp_divergence` computes; None
-        for any other network (``log_prob`` then uses autograd)."""
-        if not isinstance(self.net, TimeMLP) or len(self.event_shape) != 1:
-            return None
-        mods = list(self.net.net)
-        lins, acts = mods[0::2], mods[1::2]
-        if not all(type(m) is nn.Linear for m in lins) or len({type(a) for a in acts}) > 1:
-            return None
-        name = _TRACE_ACTIVATIONS.get(type(acts[0])) if acts else "identity"
-        if name is None or (name == "elu" and acts[0].alpha != 1.0):
-            return None
-        return [m.weight for m in lins], [m.bias for m in lins], name
-
     def _has_fast_divergence(self) -> bool:
-        return self._mlp_layers() is not None
+        return self.velocity_field().with_divergence is not None
 
-    def velocity_with_divergence(self, x: Tensor, t: TimeLike, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(u_t(x) [N, D], div u_t(x) [N])`` exactly, without autograd, for the default network.
+    def velocity_field(self, context: Tensor | None = None) -> Field:
+        """The PF-ODE field for ``context``, with an exact divergence when the network has one.
 
-        ``u = a x + b eps`` (:meth:`~pushforward.matching.paths.AffinePath.epsilon_velocity_coeffs`)
-        with ``eps = p net(x) + c x`` (``p = 1``, ``c = sigma / (m^2 +
-        sigma^2)`` with ``gaussian_skip``, for ``"eps"``; ``p = -sigma``, ``c = sigma / (m^2 +
-        sigma^2)`` for ``"score"``), so ``div u = a D + b (p div net + c D)`` with ``div net``
-        from :func:`~pushforward.continuous.divergence.mlp_divergence`.
+        The velocity is affine in the network's output: ``u = A x + B eps``
+        (:meth:`~pushforward.matching.paths.AffinePath.epsilon_velocity_coeffs`) with ``eps = p net + c x`` (``p = 1``, ``c = sigma / (m^2 + sigma^2)``
+        with ``gaussian_skip``, for ``"eps"``; ``p = -sigma`` for ``"score"``), so ``div u =
+        A D + B (p div net + c D)``, with ``div net`` from the network's
+        ``forward_with_divergence`` (the default :class:`~pushforward.nets.TimeMLP`'s exact trace).
         """
-        layers = self._mlp_layers()
-        if layers is None:
-            raise NotImplementedError("the exact divergence without autograd needs the default TimeMLP network")
-        s = 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        s = self._s_vec(s.clamp(self.s_eps, 1.0), x)
-        net = self.net
-        te = net.embed(s) if net.embed is not None else s[:, None]
-        extra = te if context is None else torch.cat([te, context], -1)
-        out, div_out = mlp_divergence(x, *layers[:2], layers[2], extra_input=extra)
-        sb = expand_time(s, x)  # [N, 1]
-        d = x.shape[1]
-        sd = self.sde.std(sb)
-        p = 1.0 if self.parametrization == "eps" else -sd
-        c = sd / self._gauss_var(sb) if self.gaussian_skip else torch.zeros_like(sd)
-        eps = p * out + c * x
-        a, b = self.path.epsilon_velocity_coeffs(x, 1.0 - sb)
-        u = a * x + b * eps
-        div = a * d + b * (p * div_out[:, None] + c * d)
-        return u, div.reshape(-1)
+        net_div = network_divergence(self.net, context) if len(self.event_shape) == 1 else None
+
+        def velocity(x: Tensor, t: TimeLike) -> Tensor:
+            return self.velocity(x, t, context)
+
+        if net_div is None:
+            return Field(velocity)
+
+        def with_divergence(x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
+            s = 1.0 - torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            s = self._s_vec(s.clamp(self.s_eps, 1.0), x)
+            out, div_out = net_div(x, s)
+            sb = expand_time(s, x)  # [N, 1]
+            d = x.shape[1]
+            sd = self.sde.std(sb)
+            p = 1.0 if self.parametrization == "eps" else -sd
+            c = sd / self._gauss_var(sb) if self.gaussian_skip else torch.zeros_like(sd)
+            a, b = self.path.epsilon_velocity_coeffs(x, 1.0 - sb)
+            u = a * x + b * (p * out + c * x)
+            div = a * d + b * (p * div_out[:, None] + c * d)
+            return u, div.reshape(-1)
+
+        return Field(velocity, with_divergence)
 
     # ------------------------------------------------------------------ loss
     def _importance_table(self, k: int = 2048) -> tuple[Tensor, Tensor]:
