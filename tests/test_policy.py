@@ -182,8 +182,6 @@ POLICY_NAMES = ("flow-policy", "hierarchical-flow-policy", "regression-policy", 
 
 @pytest.mark.parametrize("name", POLICY_NAMES)
 def test_config_records_every_default_so_a_changed_default_cannot_change_a_reload(name, tmp_path, monkeypatch, gen):
-    import dataclasses
-
     import pushforward.registry as reg
 
     e = reg.entry(name)
@@ -194,10 +192,9 @@ def test_config_records_every_default_so_a_changed_default_cannot_change_a_reloa
     assert direct.config == p.config  # constructed directly: the same record as build's
     pf.save(p, tmp_path / "p.pt")
 
-    def changed(obs_dim, action_dim, horizon, **kw):  # a later version defaulting to the MLP
-        return e.factory(obs_dim, action_dim, horizon, **{"net": "mlp", **kw})
-
-    monkeypatch.setitem(reg._REGISTRY, name, dataclasses.replace(e, factory=changed))
+    # A later version defaulting to the MLP expert: the class's own default changes.
+    monkeypatch.setitem(e.factory.__init__.__kwdefaults__, "net", "mlp")
+    assert pf.build(name, A, context_dim=OBS, horizon=4, **extra).config["net"] == "mlp"
     q = pf.load(tmp_path / "p.pt")
     obs = torch.randn(2, OBS, generator=gen)
     torch.testing.assert_close(q.act(obs, generator=torch.Generator().manual_seed(0)),

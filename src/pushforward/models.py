@@ -36,6 +36,9 @@ class FlowModel(nn.Module):
         standardize_by_default: whether :func:`pushforward.fit` standardizes data for this
             model (False for image models with their own preprocessing).
         config: the ``build`` arguments that recreate this model (set by :func:`build`).
+        resolved_options: options whose ``None`` default the constructor resolved from the others
+            (e.g. a size that depends on ``dim``); ``build`` records these values, so a reloaded
+            model does not follow a later change of that rule.
     """
 
     standardize_by_default: bool = True
@@ -45,6 +48,7 @@ class FlowModel(nn.Module):
         self.event_shape = tuple(int(s) for s in event_shape)
         self.context_dim = int(context_dim)
         self.config: dict[str, Any] | None = None
+        self.resolved_options: dict[str, Any] = {}
         self.register_buffer("data_loc", torch.zeros(self.event_shape))
         self.register_buffer("data_scale", torch.ones(self.event_shape))
 

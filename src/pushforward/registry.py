@@ -3,8 +3,9 @@
 A name maps to a *factory*, the model class itself (or a function with an explicit signature),
 plus an optional *preset* of option values. ``build`` passes ``dim``, ``context_dim`` and
 ``image_shape`` to the parameters of those names, the preset and the user's overrides to the rest,
-and records every option, defaults included, in ``model.config``: a checkpoint therefore reloads
-as it was built even after a later version changes a default.
+and records every option, defaults included (and the values of ``None`` defaults that the class
+resolved, ``model.resolved_options``), in ``model.config``: a checkpoint therefore reloads as it
+was built even after a later version changes a default.
 """
 
 from __future__ import annotations
@@ -40,10 +41,6 @@ class Entry:
     def parameters(self) -> dict[str, inspect.Parameter]:
         return dict(inspect.signature(self.factory).parameters)
 
-    def takes_kwargs(self) -> bool:
-        """Whether the factory takes ``**kwargs`` (its options then cannot all be recorded)."""
-        return any(p.kind is p.VAR_KEYWORD for p in self.parameters().values())
-
     def options(self, supplied: Sequence[str] = ()) -> dict[str, Any]:
         """``{option: default}`` for every keyword option of the factory (preset applied)."""
         out = {}
@@ -73,12 +70,14 @@ def register(
     explicitly (no ``**kwargs``; tests check every name) so that ``build`` records them all.
     """
 
-    if isinstance(factory, str):  # register(name, description) used as a decorator
+    if isinstance(factory, str):  # @register(name, description) as a decorator
         factory, description = None, factory
 
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered")
+        if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
+            raise TypeError(f"the factory of {name!r} takes **kwargs; list its options explicitly")
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
         _REGISTRY[name] = Entry(fn, doc, dict(preset or {}), inputs)
         return fn
@@ -163,9 +162,9 @@ def build(
         raise ValueError(f"{name!r} is unconditional only; got context_dim={context_dim}")
     recorded = e.options(supplied=args)
     unknown = [k for k in options if k not in recorded]
-    if unknown and not e.takes_kwargs():
+    if unknown:
         raise TypeError(f"{name!r} does not take option(s) {unknown}; its options are {list(recorded)}")
     model = e.factory(**args, **{k: v for k, v in options.items() if k not in args})
     model.config = {"name": name, "dim": dim, "context_dim": context_dim, "image_shape": image_shape,
-                    **recorded, **overrides}
+                    **recorded, **overrides, **getattr(model, "resolved_options", {})}
     return model

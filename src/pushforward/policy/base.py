@@ -40,14 +40,16 @@ def pooled_stats(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def net_options(net: str, **options: Any) -> dict:
-    """The options given (not ``None``) for the action network ``NETS[net]``, checked.
+    """The options of the action network ``NETS[net]``, checked and resolved.
 
     ``None`` means "the network's own default" (the two networks differ: the transformer is
     128 wide with a 64-d time embedding, the MLP 256 wide with 32), so a policy's signature can
-    list every option once for both. An option given that the network does not take raises.
+    list every option once for both. Returns every option the network takes, ``None`` replaced
+    by the network's default (policies record these values: ``resolved_options``); an option
+    given that the network does not take raises.
 
     >>> net_options("mlp", width=None, depth=2, heads=None)
-    {'depth': 2}
+    {'width': 256, 'depth': 2}
     """
     if net not in NETS:
         raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
@@ -57,7 +59,7 @@ def net_options(net: str, **options: Any) -> dict:
     if wrong:
         takes = [k for k in params if k not in ("obs_dim", "action_dim", "horizon", "num_tasks")]
         raise TypeError(f"net={net!r} does not take option(s) {wrong}; it takes {takes}")
-    return given
+    return {k: given.get(k, params[k].default) for k in options if k in params}
 
 
 class ChunkPolicyMixin:

@@ -49,6 +49,7 @@ class RegressionPolicy(ChunkPolicyMixin, FlowModel):
         self._init_policy(obs_dim, action_dim, horizon, num_tasks)
         opts = net_options(net, width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
         self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **opts)
+        self.resolved_options = opts
         self.config = self._policy_config("regression-policy", net=net, **opts)
 
     def _predict(self, obs: Tensor, task: Tensor | None) -> Tensor:
@@ -127,6 +128,7 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
         self.net = make_net(net, obs_dim, action_dim, horizon, num_tasks, **opts)
         self.K, self.sampler, self.steps, self.clip = diffusion_steps, sampler, steps, clip
         self.register_buffer("alpha_bar", cosine_alpha_bar(diffusion_steps).float(), persistent=False)
+        self.resolved_options = opts
         self.config = self._policy_config("diffusion-policy", net=net, diffusion_steps=diffusion_steps,
                                           sampler=sampler, steps=steps, clip=clip, **opts)
 

@@ -20,13 +20,8 @@ from pushforward.continuous.ode import FIXED_SOLVERS
 from pushforward.matching.models import FlowMatching
 from pushforward.matching.paths import AffinePath
 from pushforward.matching.time_samplers import TIME_SAMPLERS, get_time_sampler
-from pushforward.policy.base import ChunkPolicyMixin
+from pushforward.policy.base import ChunkPolicyMixin, net_options
 from pushforward.policy.nets import NETS, make_net
-
-
-def _expert(kind: str, obs_dim: int, action_dim: int, horizon: int, num_tasks: int, **options) -> nn.Module:
-    """The action expert; options left at None take the expert's own default."""
-    return make_net(kind, obs_dim, action_dim, horizon, num_tasks, **{k: v for k, v in options.items() if v is not None})
 
 
 def _check_policy_args(obs_dim, action_dim, horizon, num_tasks, net, time_sampler, solver) -> None:
@@ -107,12 +102,13 @@ class FlowPolicy(ChunkPolicyMixin, FlowMatching):
                  width: int | None = None, depth: int = 3, heads: int | None = None, obs_tokens: int | None = None,
                  time_embed: int | None = None):
         _check_policy_args(obs_dim, action_dim, horizon, num_tasks, net, time_sampler, solver)
-        sizes = dict(width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
+        sizes = net_options(net, width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
         FlowMatching.__init__(self, (horizon, action_dim), obs_dim + (1 if num_tasks else 0),
-                              net=_expert(net, obs_dim, action_dim, horizon, num_tasks, **sizes),
+                              net=make_net(net, obs_dim, action_dim, horizon, num_tasks, **sizes),
                               time_sampler=time_sampler, steps=steps, solver=solver)
         self.default_logprob_solver = None
         self._init_policy(obs_dim, action_dim, horizon, num_tasks)
+        self.resolved_options = sizes
         self.config = self._policy_config("flow-policy", net=net, time_sampler=time_sampler, steps=steps,
                                           solver=solver, **sizes)
 
@@ -177,9 +173,10 @@ class HierarchicalFlowPolicy(ChunkPolicyMixin, ContinuousFlow):
         self.stride = stride
         self.default_steps, self.default_solver = check_positive_int(steps, "steps"), solver
         hc = horizon // stride
-        sizes = dict(width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
-        self.coarse = _expert(net, obs_dim, action_dim, hc, num_tasks, **sizes)
-        self.fine = _expert(net, obs_dim + hc * action_dim, action_dim, horizon, num_tasks, **sizes)
+        sizes = net_options(net, width=width, depth=depth, heads=heads, obs_tokens=obs_tokens, time_embed=time_embed)
+        self.coarse = make_net(net, obs_dim, action_dim, hc, num_tasks, **sizes)
+        self.fine = make_net(net, obs_dim + hc * action_dim, action_dim, horizon, num_tasks, **sizes)
+        self.resolved_options = sizes
         self.path = AffinePath("ot")
         self.time_sampler = get_time_sampler(time_sampler)
         self.config = self._policy_config("hierarchical-flow-policy", stride=stride, net=net,

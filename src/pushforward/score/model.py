@@ -136,6 +136,7 @@ class ScoreModel(ContinuousFlow):
         rtol: float = 1e-5,
     ):
         event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+        sde_name, by_name = sde, isinstance(sde, str)
         sde = _resolve_sde(sde, math.prod(event_shape), dict(beta_min=beta_min, beta_max=beta_max,
                                                              sigma_min=sigma_min, sigma_max=sigma_max, s_eps=s_eps))
         # The PF ODE runs in library time from the prior (t = 0, s = 1) to t = 1 - s_eps: the
@@ -143,6 +144,12 @@ class ScoreModel(ContinuousFlow):
         super().__init__(event_shape, context_dim, base=SDEPrior(event_shape, sde.prior_std),
                          t_span=(0.0, 1.0 - sde.s_eps))
         self.sde = sde
+        if by_name:
+            # s_eps=None and VE's sigma_max=None are rules (the SDE's default, 3 sqrt(2 D)): record
+            # their values so a reload does not follow a later change of the rule.
+            self.resolved_options = {"s_eps": sde.s_eps}
+            if sde_name == "ve":
+                self.resolved_options["sigma_max"] = sde.sigma_max
         self.parametrization = check_choice(parametrization, PARAMETRIZATIONS, "parametrization")
         self.weighting = check_choice(weighting, WEIGHTINGS, "weighting")
         if importance is None:

@@ -1,1 +1,0 @@
-"""Named builders for ``pf.build``; each module registers its family's names."""
