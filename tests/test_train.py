@@ -417,7 +417,7 @@ def test_fit_config_takes_model_defaults_and_keeps_user_values_on_resume():
     m.default_batch_size, m.default_lr, m.default_ema = 77, 2e-3, 0.5
     cfg = FitConfig.resolve(m, options)
     assert (cfg.batch_size, cfg.lr, cfg.ema, cfg.schedule, cfg.warmup) == (77, 2e-3, 0.5, "cosine", 0.02)
-    assert (cfg.checkpoint_steps, cfg.checkpoint_secs) == (None, 60.0)
+    assert (cfg.checkpoint_steps, cfg.checkpoint_secs, cfg.checkpoint_auto) == (None, None, True)
     resumed = cfg.continuing({"batch_size": 12, "lr": 0.1})
     assert (resumed.batch_size, resumed.lr) == (12, 0.1)
     mine = FitConfig.resolve(m, {**options, "batch_size": 5}).continuing({"batch_size": 12, "lr": 0.1})
