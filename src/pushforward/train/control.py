@@ -167,8 +167,10 @@ class Rollback:
     next step's loss, computed from those weights, is finite too. The restore point starts as
     the initial weights.
 
-    Explosion: the logged loss above ``best + factor * max(1, |best|)`` (``best`` the lowest
-    logged loss so far) at ``window`` consecutive logs; ``factor=None`` never fires.
+    Explosion: the logged loss above ``best + factor * max(1, |best|)`` at ``window``
+    consecutive logs, ``best`` being the lowest logged loss so far or the first step's (the
+    starting weights': a large learning rate can blow up the loss before the first log);
+    ``factor=None`` never fires.
     """
 
     def __init__(self, model: nn.Module, ema: EMA | None, factor: float | None, window: int, step: int):
@@ -197,8 +199,10 @@ class Rollback:
             self.pending = (state, loss, step)
         return None
 
-    def confirm(self) -> None:
+    def confirm(self, loss: float) -> None:
         """After a step whose loss was finite: the candidate it was computed from is good."""
+        if self.best == math.inf:
+            self.best = loss
         if self.pending is not None:
             self.state, self.loss, self.step = self.pending
             self.pending = None

@@ -342,7 +342,7 @@ class _Trainer:
                 loss, loss_value, finite, self.elapsed = self.sync.step(loss, xb.shape[0], n_global, now)
                 if not finite:
                     raise _Diverged(f"loss is {loss_value} at step {self.step}")
-                self.rollback.confirm()
+                self.rollback.confirm(loss_value)
                 self.precision.backward(loss, opt)
                 gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
                 if self.precision.checks_gradients and not bool(torch.isfinite(gnorm)):
