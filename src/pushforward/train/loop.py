@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -304,6 +305,9 @@ class _Trainer:
             ck_steps = max(1, (horizon - start) // 10) if horizon else None
         self.checkpointer = Checkpointer(self.run, self.model, self.ema, ck_steps, ck_secs,
                                          self.sync.gather, start, self.elapsed_before)
+        if self.run is not None and cfg.resume is not None and Path(cfg.resume).resolve() in (
+                self.run.path.resolve(), (self.run / LAST).resolve()):
+            self.checkpointer.saved_step = start  # the run's last.pt is the checkpoint resumed from
         self.sinks = make_sinks(self.run, self.history.records(), start, horizon, cfg.max_time,
                                 cfg.progress, cfg.tensorboard, self.main)
         self.rollback = Rollback(self.model, self.ema, cfg.explode_factor, cfg.explode_window, start)
@@ -454,16 +458,18 @@ class _Trainer:
             self.history["signal"] = self.signals.received
             if self.main:
                 by = f" by {self.signals.received}" if self.signals.received else ""
-                print(f"pushforward: training interrupted{by} at step {self.step}; {self._last_checkpoint()}",
-                      file=sys.stderr)
+                saved = self._saved_checkpoint()
+                where = (f"checkpoint {saved}; continue with `pushforward resume {self.run.path}`"
+                         if saved else "no checkpoint was written")
+                print(f"pushforward: training interrupted{by} at step {self.step}; {where}", file=sys.stderr)
         return self.history
 
-    def _last_checkpoint(self) -> str:
-        """Where the last checkpoint is, naming only a file that exists."""
+    def _saved_checkpoint(self) -> str | None:
+        """``"DIR/last.pt (step N)"`` for the checkpoint this call wrote, only if the file exists."""
         ck = self.checkpointer
         if self.run is not None and ck.saved_step is not None and (self.run / LAST).is_file():
-            return f"checkpoint {self.run / LAST} (step {ck.saved_step}); continue with `pushforward resume {self.run.path}`"
-        return "no checkpoint was written" + ("" if self.run is not None else " (no out_dir)")
+            return f"{self.run / LAST} (step {ck.saved_step})"
+        return None
 
     def _interrupted(self, phase: str, boundary: dict) -> None:
         """KeyboardInterrupt: checkpoint the last step boundary unless the weights are half
@@ -477,8 +483,9 @@ class _Trainer:
         rb = self.rollback
         rb.restore()
         self._finish_history(reason="diverged")
-        good = (f"step {rb.step} (loss {rb.loss:.6g})" if math.isfinite(rb.loss) else f"step {rb.step}, the start")
+        good = (f"step {rb.step} (loss {rb.loss:.6g})" if math.isfinite(rb.loss) else f"step {rb.step}, where this call started")
         msg = (f"training diverged: {what}. The model holds the last verified good weights, from {good}; "
-               f"{self._last_checkpoint()}. Try a lower lr, a smaller clip_grad or amp=False.")
+               + (f"the last checkpoint is {saved}" if (saved := self._saved_checkpoint()) else "no checkpoint was written")
+               + ". Try a lower lr, a smaller clip_grad or amp=False.")
         self.sinks.close()
         return TrainingDivergedError(msg, self.step, rb.loss, self.history)
