@@ -278,6 +278,9 @@ def test_second_run_into_one_out_is_refused_and_a_dead_runs_lock_taken_over(tmp_
         first.send_signal(signal.SIGKILL)  # kill -9: no cleanup, the lock file stays behind
         first.communicate()
     assert (out / ".lock").read_text().strip() == str(first.pid)
+    # killed outright within seconds, the run still resumes from its early checkpoint
+    code, stdout, err = run(capsys, "resume", out, "--steps", 2)
+    assert code == 0 and "resuming realnvp from step" in stdout, err
     code, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 3, "--out", out, *TINY,
                        "--overwrite")
     assert code == 0, err

@@ -496,6 +496,11 @@ def test_first_checkpoint_after_one_step_and_cadence_tied_to_the_budget(tmp_path
     pf.fit(TinyFlow(), x, steps=12, batch_size=32, val_fraction=0, log_every=3, checkpoint_every=5,
            out_dir=tmp_path / "b", callback=lambda s, m: seen.update({s: load_checkpoint(tmp_path / "b")["step"]}))
     assert seen == {3: 1, 6: 5, 9: 5, 12: 10}
+    # time budgets: a tenth of it, at least 1 s, at most 60 s
+    from pushforward.train.checkpoint import auto_cadence
+
+    assert auto_cadence(30, None) == (None, 3.0) and auto_cadence(3600, None) == (None, 60.0)
+    assert auto_cadence(5, None) == (None, 1.0) and auto_cadence(None, 1000) == (100, 60.0)
     with pytest.raises(ValueError, match="checkpoint_every"):
         pf.fit(TinyFlow(), x, steps=2, checkpoint_every=0)
     with pytest.raises(ValueError, match="checkpoint_every"):

@@ -25,6 +25,16 @@ from pushforward.train.state import EMA, swapped_in
 CHECKPOINT_FORMAT = "pushforward-checkpoint"
 
 
+def auto_cadence(max_time: float | None, steps_left: int | None) -> tuple[int | None, float]:
+    """``checkpoint_every="auto"``: ``(steps, seconds)``, whichever comes first.
+
+    Seconds: ``min(60, max(1, max_time / 10))`` (60 without a time budget); steps: a tenth of
+    the step/epoch budget left to this call (None without one).
+    """
+    secs = min(60.0, max(1.0, max_time / 10)) if max_time else 60.0
+    return (max(1, steps_left // 10) if steps_left else None), secs
+
+
 def _resolve_checkpoint(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():

@@ -20,7 +20,7 @@ from torch import nn
 
 from pushforward import distributed as ddp
 from pushforward._utils import module_device, module_dtype
-from pushforward.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer, load_checkpoint
+from pushforward.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer, auto_cadence, load_checkpoint
 from pushforward.train.config import FitConfig
 from pushforward.train.control import Evaluator, Precision, Rollback, Signals, StopRule
 from pushforward.train.data import make_data
@@ -301,8 +301,7 @@ class _Trainer:
                                    best, cfg.seed, max(cfg.batch_size, 1024), self.device, self.dtype)
         ck_steps, ck_secs = cfg.checkpoint_steps, cfg.checkpoint_secs
         if cfg.checkpoint_auto:
-            ck_secs = min(60.0, max(1.0, cfg.max_time / 10)) if cfg.max_time else 60.0
-            ck_steps = max(1, (horizon - start) // 10) if horizon else None
+            ck_steps, ck_secs = auto_cadence(cfg.max_time, horizon - start if horizon else None)
         self.checkpointer = Checkpointer(self.run, self.model, self.ema, ck_steps, ck_secs,
                                          self.sync.gather, start, self.elapsed_before)
         if self.run is not None and cfg.resume is not None and Path(cfg.resume).resolve() in (
