@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,125 @@ def test_example_configs_train(config, tmp_path, capsys):
     assert code == 0, err
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["model"] and cfg["fit"]["steps"] == 2
+
+
+# --------------------------------------------------------------------------- nothing lost, nothing silent
+def _start_training(tmp_path, data_file, out, *extra):
+    """A real `pushforward train` process, returned once its first checkpoint exists."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pushforward", "train", "realnvp", "--data", str(data_file), "--max-time", "60",
+           "--out", str(out), *TINY, *extra]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    for _ in range(600):
+        if (out / "last.pt").exists() or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert (out / "last.pt").exists(), p.communicate()  # the early first checkpoint
+    return p
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_says_where_and_exits_143(tmp_path, capsys, data_file):
+    import signal
+
+    out = tmp_path / "run"
+    p = _start_training(tmp_path, data_file, out)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)  # what `timeout`, `docker stop` and Slurm send
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert "training interrupted by SIGTERM" in err and f"checkpoint {out / 'last.pt'}" in err
+    assert "Traceback" not in err
+    step = pf.train.load_checkpoint(out)["step"]
+    assert f"(step {step})" in err and step >= 1
+    c, stdout, e = run(capsys, "resume", out, "--steps", 3)
+    assert c == 0, e
+    assert f"{step + 3} steps" in stdout
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
+def test_every_stop_signal_exits_128_plus_its_number(tmp_path, capsys, data_file, monkeypatch, name, code):
+    import signal
+
+    real_fit = pf.fit
+
+    def fit_and_signal(*args, **kwargs):
+        def send(step, metrics):
+            if step >= 2:
+                os.kill(os.getpid(), getattr(signal, name))
+        return real_fit(*args, **kwargs, callback=send, log_every=1)
+
+    monkeypatch.setattr(pf, "fit", fit_and_signal)
+    out = tmp_path / "run"
+    c, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 50, "--out", out, *TINY)
+    assert c == code, err
+    assert f"interrupted by {name} at step 2; checkpoint {out / 'last.pt'} (step 2)" in err
+    assert pf.train.load_checkpoint(out)["step"] == 2
+
+
+@pytest.mark.slow
+def test_second_run_into_one_out_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, capsys, data_file):
+    import signal
+
+    out = tmp_path / "run"
+    first = _start_training(tmp_path, data_file, out)
+    try:
+        for extra in ([], ["--overwrite"]):
+            code, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 3, "--out", out,
+                               *TINY, *extra)
+            assert_one_line_error(code, err, "in use by another training run", f"pid {first.pid}")
+        assert (out / "last.pt").exists() and (out / "config.json").exists()  # the first run's files stay
+    finally:
+        first.send_signal(signal.SIGKILL)  # kill -9: no cleanup, the lock file stays behind
+        first.communicate()
+    assert (out / ".lock").read_text().strip() == str(first.pid)
+    # killed outright within seconds, the run still resumes from its early checkpoint
+    code, stdout, err = run(capsys, "resume", out, "--steps", 2)
+    assert code == 0 and "resuming realnvp from step" in stdout, err
+    code, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 3, "--out", out, *TINY,
+                       "--overwrite")
+    assert code == 0, err
+    steps = [json.loads(s)["step"] for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 3  # only the new run's records
+
+
+def test_overwrite_removes_the_old_run_before_writing(tmp_path, capsys, data_file, monkeypatch):
+    out = tmp_path / "run"
+    assert run(capsys, "train", "realnvp", "--data", data_file, "--steps", 2, "--out", out, *TINY)[0] == 0
+    assert (out / "model.pt").exists() and (out / "history.json").exists()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(pf, "fit", crash)
+    code, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 2, "--out", out, *TINY, "--overwrite")
+    assert code == 1 and "simulated crash" in err
+    for name in ("model.pt", "last.pt", "best.pt", "metrics.jsonl", "history.json"):
+        assert not (out / name).exists(), name  # nothing of the old run for sample/eval/resume to pick up
+
+
+@pytest.mark.parametrize("model", ["nsf", "ot-fm"])
+def test_train_seed_seeds_the_initial_weights(tmp_path, capsys, data_file, model):
+    opts = ["--set", "hidden=[16,16]"] + (["--set", "transforms=2"] if model == "nsf" else [])
+
+    def train(seed, name):
+        code, _, err = run(capsys, "train", model, "--data", data_file, "--steps", 3, "--seed", seed,
+                           "--out", tmp_path / name, *opts)
+        assert code == 0, err
+        return torch.load(tmp_path / name / "model.pt", weights_only=False)["state_dict"]
+
+    a, b, c = train(7, "a"), train(7, "b"), train(8, "c")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the test can fail: another seed, another model
+
+
+def test_resume_takes_the_model_from_the_checkpoint(tmp_path, capsys, data_file):
+    out = tmp_path / "run"
+    assert run(capsys, "train", "realnvp", "--data", data_file, "--steps", 2, "--out", out, *TINY)[0] == 0
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "model": "nsf"}))
+    code, _, err = run(capsys, "resume", out, "--steps", 2)
+    assert_one_line_error(code, err, "holds a 'realnvp' model", "names 'nsf'", "last.pt", "config.json")
+    (out / "config.json").write_text(json.dumps(cfg))
+    code, stdout, err = run(capsys, "resume", out, "--steps", 2)
+    assert code == 0 and "resuming realnvp from step 2" in stdout, err

@@ -417,7 +417,7 @@ def test_fit_config_takes_model_defaults_and_keeps_user_values_on_resume():
     m.default_batch_size, m.default_lr, m.default_ema = 77, 2e-3, 0.5
     cfg = FitConfig.resolve(m, options)
     assert (cfg.batch_size, cfg.lr, cfg.ema, cfg.schedule, cfg.warmup) == (77, 2e-3, 0.5, "cosine", 0.02)
-    assert (cfg.checkpoint_steps, cfg.checkpoint_secs) == (None, 60.0)
+    assert (cfg.checkpoint_steps, cfg.checkpoint_secs, cfg.checkpoint_auto) == (None, None, True)
     resumed = cfg.continuing({"batch_size": 12, "lr": 0.1})
     assert (resumed.batch_size, resumed.lr) == (12, 0.1)
     mine = FitConfig.resolve(m, {**options, "batch_size": 5}).continuing({"batch_size": 12, "lr": 0.1})
@@ -454,3 +454,182 @@ def test_run_dir_resume_budget(tmp_path):
     assert not (tmp_path / "other").exists()
     with pytest.raises(FileNotFoundError, match="no run directory"):
         RunDir.existing(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------- nothing lost, nothing silent
+def test_signal_stops_at_a_boundary_checkpoints_and_resumes_exactly(tmp_path):
+    import os
+    import signal
+
+    x = moons_like(300)
+    straight = TinyFlow()
+    h_straight = pf.fit(straight, x, steps=20, **FIT)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def term(step, metrics):
+        if step == 9:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `timeout`, `docker stop` and Slurm send
+
+    run = tmp_path / "run"
+    h = pf.fit(TinyFlow(), x, steps=20, out_dir=run, callback=term, **FIT)
+    assert (h.stopped_reason, h.signal, h.steps) == ("interrupted", "SIGTERM", 9)
+    assert load_checkpoint(run)["step"] == 9
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is only installed during fit
+    resumed = TinyFlow()
+    h_res = pf.fit(resumed, x, steps=11, resume=run, out_dir=run, **FIT)
+    assert h_res["loss"] == h_straight["loss"] and h_res.signal is None
+    assert_same_weights(params_of(resumed), params_of(straight))
+
+
+def test_first_checkpoint_after_one_step_and_cadence_tied_to_the_budget(tmp_path):
+    x = moons_like(300)
+    seen = {}
+
+    def grab(step, metrics):
+        seen[step] = load_checkpoint(tmp_path)["step"] if (tmp_path / "last.pt").exists() else None
+
+    # default cadence, a 40-step budget: after step 1, then every 4 steps (a tenth of the budget)
+    pf.fit(TinyFlow(), x, steps=40, batch_size=32, val_fraction=0, log_every=3, out_dir=tmp_path, callback=grab)
+    assert seen[3] == 1 and seen[6] == 4 and seen[9] == 8 and seen[39] == 36
+    # an explicit cadence is kept; the early checkpoint does not shift it
+    seen.clear()
+    pf.fit(TinyFlow(), x, steps=12, batch_size=32, val_fraction=0, log_every=3, checkpoint_every=5,
+           out_dir=tmp_path / "b", callback=lambda s, m: seen.update({s: load_checkpoint(tmp_path / "b")["step"]}))
+    assert seen == {3: 1, 6: 5, 9: 5, 12: 10}
+    # time budgets: a tenth of it, at least 1 s, at most 60 s
+    from pushforward.train.checkpoint import auto_cadence
+
+    assert auto_cadence(30, None) == (None, 3.0) and auto_cadence(3600, None) == (None, 60.0)
+    assert auto_cadence(5, None) == (None, 1.0) and auto_cadence(None, 1000) == (100, 60.0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        pf.fit(TinyFlow(), x, steps=2, checkpoint_every=0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        pf.fit(TinyFlow(), x, steps=2, checkpoint_every="-5s")
+
+
+def test_run_directory_lock_refuses_a_live_run_and_takes_over_a_dead_ones(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pushforward.train.run import RunLockedError
+
+    run, x = tmp_path / "run", moons_like(200)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pushforward.train import RunDir\n"
+         "with RunDir(sys.argv[1]).lock():\n    print('locked', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"in use by another training run \\(pid {holder.pid}\\)"):
+            pf.fit(TinyFlow(), x, steps=2, out_dir=run)
+        assert not (run / "last.pt").exists()  # nothing was written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the dead process's lock (and its stale pid file) is taken over
+    assert (run / ".lock").read_text().strip() == str(holder.pid)
+    pf.fit(TinyFlow(), x, steps=2, out_dir=run)
+    assert load_checkpoint(run)["step"] == 2
+    # re-entrant within a process: the CLI holds the lock while fit takes it again
+    with pf.train.RunDir(run).lock():
+        pf.fit(TinyFlow(), x, steps=2, out_dir=run)
+
+
+FAMILIES = {"nsf": dict(transforms=2, hidden=(16,)), "realnvp": dict(transforms=2, hidden=(16,)),
+            "ot-fm": dict(hidden=(16, 16)), "ffjord": dict(hidden=(16,), solver="rk4", steps=4),
+            "score-vp": dict(hidden=(16, 16))}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_same_seed_same_model_for_several_families(name):
+    x = moons_like(200)
+
+    def train(seed):
+        torch.manual_seed(seed)  # pf.fit(seed=) does not re-initialise a built model
+        m = pf.build(name, dim=2, **FAMILIES[name])
+        pf.fit(m, x, steps=3, batch_size=32, val_fraction=0, seed=seed)
+        return params_of(m)
+
+    a, b = train(4), train(4)
+    assert_same_weights(a, b)
+    other = train(5)  # the test can fail: another seed gives another model
+    assert any(not torch.equal(a[k], other[k]) for k in a)
+
+
+class NaNParamAfter(TinyFlow):
+    """From the k-th training call on, a parameter the loss does not use is NaN: the loss stays
+    finite, so only a check of the parameters can see it."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.spare = nn.Parameter(torch.zeros(3))
+        self.k, self.calls = k, 0
+
+    def _loss(self, x, context):
+        self.calls += 1
+        if self.calls == self.k:
+            with torch.no_grad():
+                self.spare.fill_(math.nan)
+        return super()._loss(x, context)
+
+
+def test_rollback_keeps_only_verified_weights_and_names_existing_files(tmp_path):
+    x = moons_like(200)
+    kw = dict(steps=20, batch_size=32, val_fraction=0, log_every=2)
+    # NaN from step 6 on: the log at step 8 takes no candidate and last.pt is not overwritten
+    model = NaNParamAfter(k=7)
+    with pytest.raises(TrainingDivergedError, match="a parameter became non-finite by step 8") as info:
+        pf.fit(model, x, checkpoint_every=2, out_dir=tmp_path, **kw)
+    msg = str(info.value)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["step"] == 6 and f"{tmp_path / 'last.pt'} (step 6)" in msg and "from step 6" in msg
+    assert all(torch.isfinite(v).all() for v in ckpt["train_state"].values())
+    assert_same_weights(params_of(model), ckpt["train_state"])
+    # no out_dir, or no checkpoint yet: the message names no file
+    with pytest.raises(TrainingDivergedError, match="no checkpoint was written") as info:
+        pf.fit(NaNAfter(k=3), x, checkpoint_every=None, out_dir=tmp_path / "none", **kw)
+    assert "last.pt" not in str(info.value) and not (tmp_path / "none" / "last.pt").exists()
+
+
+class Climb(TinyFlow):
+    """Its loss is multiplied by 1e4 on training calls ``start <= call < stop``."""
+
+    def __init__(self, start: int, stop: int = 10**9):
+        super().__init__()
+        self.start, self.stop, self.calls = start, stop, 0
+
+    def _loss(self, x, context):
+        self.calls += 1
+        loss = super()._loss(x, context)
+        return loss * 1e4 if self.start <= self.calls < self.stop else loss
+
+
+def test_explosion_is_caught_and_a_short_spike_is_not():
+    x = moons_like(200)
+    kw = dict(steps=60, batch_size=32, val_fraction=0, log_every=2, lr=1e-3)
+    model = Climb(start=21)
+    with pytest.raises(TrainingDivergedError, match="the loss exploded.*at 5 logs in a row") as info:
+        pf.fit(model, x, **kw)
+    assert info.value.step == 30 and info.value.history.stopped_reason == "diverged"
+    assert pf.fit(Climb(start=21), x, explode_factor=None, **kw).stopped_reason == "steps"
+    assert pf.fit(Climb(start=21, stop=27), x, **kw).stopped_reason == "steps"  # 3 high logs < window 5
+    with pytest.raises(ValueError, match="explode_window"):
+        pf.fit(TinyFlow(), x, steps=2, explode_window=0)
+    with pytest.raises(ValueError, match="explode_factor"):
+        pf.fit(TinyFlow(), x, steps=2, explode_factor=-1.0)
+
+
+@pytest.mark.slow
+def test_nsf_at_lr_0_3_is_caught():
+    from pushforward import data as pdata
+
+    x = pdata.load("moons", n=2000, seed=0).x
+    torch.manual_seed(0)
+    model = pf.build("nsf", dim=2)
+    with pytest.raises(TrainingDivergedError, match="the loss exploded") as info:
+        pf.fit(model, x, steps=400, lr=0.3, seed=0)
+    assert info.value.step < 100
+    with torch.no_grad():
+        assert float(-model.log_prob(x).mean()) < 10  # the restored weights are sane ones

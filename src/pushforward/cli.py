@@ -277,12 +277,23 @@ def _fit_and_save(model, ds, cfg: dict, run, resume: Path | None, fit_opts: dict
     run.write_history(hist)
     _say(_summary_line(hist, run.path))
     ddp.barrier()
-    return EXIT_INTERRUPTED if hist.stopped_reason == "interrupted" else 0
+    return _exit_status(hist)
+
+
+def _exit_status(hist) -> int:
+    """0, or for an interrupted run 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+    import signal
+
+    if hist.stopped_reason != "interrupted":
+        return 0
+    sig = hist.get("signal")
+    return 128 + int(signal.Signals[sig]) if sig else EXIT_INTERRUPTED
 
 
 # ============================================================================ commands
 def cmd_train(args: argparse.Namespace) -> int:
-    import pushforward as pf
+    import torch
+
     from pushforward import distributed as ddp
     from pushforward.train import RunDir
 
@@ -291,10 +302,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     main = ddp.is_main_process()
     out = args.out or cfg.get("out")
     run = RunDir(out, main) if out else RunDir.fresh(cfg["model"], cfg["data"], main)
-    if run.has_run() and not args.overwrite:
-        raise CLIError(f"{str(run.path)!r} already holds a run; use `pushforward resume {run.path}` or --overwrite")
+    if run.path.is_dir():  # refuse early (a live run's lock, an old run), and again under the lock below
+        with run.lock():
+            if run.has_run() and not args.overwrite:
+                raise CLIError(f"{str(run.path)!r} already holds a run; use `pushforward resume {run.path}` or --overwrite")
     ds = load_data(cfg["data"], cfg["context"], cfg["n"], cfg["seed"])
-    model = build_model(cfg, ds)
+    # The initial weights come from the seed too: same seed, data and step budget, same model.
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg["seed"])
+        model = build_model(cfg, ds)
+    with run.lock():
+        return _train_locked(model, ds, cfg, run, args.overwrite)
+
+
+def _train_locked(model, ds, cfg: dict, run, overwrite: bool) -> int:
+    """``cmd_train`` once the run directory is locked: clear it (``--overwrite``), then train."""
+    import pushforward as pf
+
+    if run.has_run():
+        if not overwrite:
+            raise CLIError(f"{str(run.path)!r} already holds a run; use `pushforward resume {run.path}` or --overwrite")
+        run.clear()  # before anything new is written: no old model survives a crash
     resolved = {
         "model": cfg["model"], "options": cfg["options"], **{k: v for k, v in model.config.items() if k in ("dim", "context_dim", "image_shape")},
         "data": cfg["data"], "context": cfg["context"], "n": cfg["n"], "seed": cfg["seed"], "device": cfg["device"],
@@ -311,11 +339,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from pushforward import distributed as ddp
-    from pushforward.train import RunDir, load_checkpoint
+    from pushforward.train import RunDir
 
     run = RunDir.existing(args.dir, main=ddp.is_main_process())
+    with run.lock():
+        return _resume_locked(args, run)
+
+
+def _check_resumed_model(cfg: dict, ckpt: dict, where: Path) -> str:
+    """The checkpoint's model name; an error naming both when ``config.json`` says otherwise."""
+    config = (ckpt.get("model") or {}).get("config") or {}
+    name = config.get("name")
+    if name is not None and cfg.get("model") is not None and name != cfg["model"]:
+        raise CLIError(f"{where / 'last.pt'} holds a {name!r} model but {where / 'config.json'} names "
+                       f"{cfg['model']!r}; the checkpoint is the source of truth: fix or remove config.json")
+    for key in ("dim", "context_dim"):
+        if key in config and key in cfg and config[key] != cfg[key]:
+            raise CLIError(f"{where / 'last.pt'} holds a model with {key}={config[key]} but "
+                           f"{where / 'config.json'} says {key}={cfg[key]}")
+    return name or cfg.get("model") or type(ckpt["model"].get("module")).__name__
+
+
+def _resume_locked(args: argparse.Namespace, run) -> int:
+    from pushforward import distributed as ddp
+    from pushforward.train import load_checkpoint
+
     cfg = run.read_config()
     ckpt = load_checkpoint(run.path)
+    name = _check_resumed_model(cfg, ckpt, run.path)
     if args.device is not None:
         cfg["device"] = args.device
     ddp.init_from_env(device=None if cfg.get("device") in (None, "auto") else cfg["device"])
@@ -325,7 +376,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from pushforward.models import load_from_payload
 
     model = load_from_payload(ckpt["model"])
-    _say(f"resuming {cfg.get('model', 'model')} from step {ckpt['step']} in {run.path}")
+    _say(f"resuming {name} from step {ckpt['step']} in {run.path}")
     return _fit_and_save(model, ds, cfg, run, run.path, fit_opts)
 
 
@@ -665,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     from pushforward import distributed as ddp
     from pushforward.train import TrainingDivergedError
+    from pushforward.train.run import RunLockedError
 
     args.debug = getattr(args, "debug", False)
     try:
@@ -679,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(e, TrainingDivergedError):
             code = 1
-        elif isinstance(e, USER_ERRORS):
+        elif isinstance(e, (*USER_ERRORS, RunLockedError)):
             code = EXIT_USAGE
         else:
             code = 1

@@ -15,6 +15,11 @@ are identical from run to run, and ``N steps + resume M steps`` equals ``N + M``
 straight. ``fit`` runs inside :func:`torch.random.fork_rng` (and saves/restores NumPy's and
 Python's global RNGs), so it never changes the caller's random streams.
 
+Robustness (docs/robustness.md): SIGINT/SIGTERM/SIGHUP stop at a step boundary with a
+checkpoint; the first checkpoint comes after the first step, then at a cadence tied to the
+budget; a run directory is locked for the run's life; a divergence or an explosion restores the
+last verified good weights.
+
 Layout: :mod:`~pushforward.train.config` (the options, resolved once), :mod:`~.data` (data
 sources), :mod:`~.loop` (:func:`fit` and the loop), :mod:`~.control` (stop rule, evaluator,
 rollback, mixed precision), :mod:`~.checkpoint`, :mod:`~.sinks` (metrics.jsonl, TensorBoard,
@@ -24,7 +29,7 @@ progress bar), :mod:`~.run` (the run directory), :mod:`~.state` (history, EMA, R
 from pushforward.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from pushforward.train.config import FitConfig
 from pushforward.train.loop import fit
-from pushforward.train.run import RunDir
+from pushforward.train.run import RunDir, RunLockedError
 from pushforward.train.schedule import SCHEDULES, lr_factor
 from pushforward.train.state import EMA, History, TrainingDivergedError
 
@@ -35,6 +40,7 @@ __all__ = [
     "FitConfig",
     "History",
     "RunDir",
+    "RunLockedError",
     "TrainingDivergedError",
     "fit",
     "load_checkpoint",

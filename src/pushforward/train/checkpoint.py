@@ -25,6 +25,16 @@ from pushforward.train.state import EMA, swapped_in
 CHECKPOINT_FORMAT = "pushforward-checkpoint"
 
 
+def auto_cadence(max_time: float | None, steps_left: int | None) -> tuple[int | None, float]:
+    """``checkpoint_every="auto"``: ``(steps, seconds)``, whichever comes first.
+
+    Seconds: ``min(60, max(1, max_time / 10))`` (60 without a time budget); steps: a tenth of
+    the step/epoch budget left to this call (None without one).
+    """
+    secs = min(60.0, max(1.0, max_time / 10)) if max_time else 60.0
+    return (max(1, steps_left // 10) if steps_left else None), secs
+
+
 def _resolve_checkpoint(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -46,6 +56,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 class Checkpointer:
     """Writes ``last.pt`` every ``steps`` optimizer steps or ``secs`` seconds, and ``best.pt``.
 
+    A fresh run (``step == 0``) with a cadence also writes one after its first step, so a
+    process killed outright (``kill -9``, out of memory) loses at most the cadence's worth of
+    training from then on; the early checkpoint does not shift the cadence.
+
     Every rank calls :meth:`save` at the same steps (the RNG states are gathered from all of
     them); only the main one writes. Without a run directory nothing is written.
 
@@ -55,6 +69,8 @@ class Checkpointer:
         steps, secs: the cadence (either may be None; both None: only at the end).
         gather: ``gather(obj) -> [obj_rank0, ...]``, the ranks' RNG states.
         step, elapsed: where the run starts (a resumed run's last checkpoint).
+
+    ``saved_step`` is the step of the ``last.pt`` this object wrote (None before the first).
     """
 
     def __init__(self, run: RunDir | None, model: nn.Module, ema: EMA | None, steps: int | None,
@@ -62,12 +78,17 @@ class Checkpointer:
         self.run, self.model, self.ema = run, model, ema
         self.steps, self.secs, self.gather = steps, secs, gather
         self.last_step, self.last_time = step, elapsed
+        self.early = step == 0 and (steps is not None or secs is not None)
+        self.saved_step: int | None = None
 
     def due(self, step: int, elapsed: float) -> bool:
-        """Whether the cadence asks for a checkpoint at this step boundary."""
+        """Whether the cadence (or the early first checkpoint) asks for one at this boundary."""
         return self.run is not None and step > self.last_step and (
-            bool(self.steps and step - self.last_step >= self.steps)
-            or (self.secs is not None and elapsed - self.last_time >= self.secs))
+            (self.early and self.saved_step is None) or self._cadence_due(step, elapsed))
+
+    def _cadence_due(self, step: int, elapsed: float) -> bool:
+        return bool(self.steps and step - self.last_step >= self.steps) or (
+            self.secs is not None and elapsed - self.last_time >= self.secs)
 
     def save(self, build: Callable[[list], dict], rng: dict, step: int, elapsed: float,
              gather: bool = True) -> None:
@@ -76,6 +97,8 @@ class Checkpointer:
         state alone is kept."""
         if self.run is None:
             return
+        # The early first checkpoint is an extra: the cadence keeps counting from the start.
+        cadence = not (self.early and self.saved_step is None) or self._cadence_due(step, elapsed)
         rngs = self.gather(rng) if gather else [rng]
         if self.run.main:
             ckpt = build(rngs)
@@ -83,7 +106,9 @@ class Checkpointer:
             with swapped_in(self.ema, self.model):
                 ckpt["model"] = model_payload(self.model)
                 self.run.save_checkpoint(ckpt)
-        self.last_step, self.last_time = step, elapsed
+        self.saved_step = step
+        if cadence:
+            self.last_step, self.last_time = step, elapsed
 
     def save_best(self, best: dict) -> None:
         """``best.pt`` from the best evaluated weights ``best["state"]``."""

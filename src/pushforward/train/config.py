@@ -17,7 +17,7 @@ from pushforward._validate import check_dim
 from pushforward.train.schedule import SCHEDULES
 
 _AMP = ("bf16", "bfloat16", "fp16", "float16")
-_CKPT_ERROR = "checkpoint_every must be steps (int) or seconds ('60s'), got {!r}"
+_CKPT_ERROR = "checkpoint_every must be a positive number of steps (int), seconds ('60s', 30.0), 'auto' or None, got {!r}"
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class FitConfig:
     ``batch_size``, ``lr``, ``schedule``, ``ema`` and ``standardize`` come from the user or,
     when left to None/"auto", from ``model.default_batch_size`` (256), ``default_lr`` (1e-3),
     ``default_schedule`` ("cosine"), ``default_ema`` (None) and ``standardize_by_default``.
-    ``checkpoint_every`` is split into ``checkpoint_steps`` (an int) or ``checkpoint_secs``.
+    ``checkpoint_every`` is split into ``checkpoint_steps`` (an int) or ``checkpoint_secs``;
+    ``"auto"`` leaves both None and sets ``checkpoint_auto`` (the loop ties it to the budget).
     ``explicit`` names the options the user set, which a resumed run does not override.
     """
 
@@ -54,6 +55,9 @@ class FitConfig:
     out_dir: Path | None
     checkpoint_steps: int | None
     checkpoint_secs: float | None
+    checkpoint_auto: bool
+    explode_factor: float | None
+    explode_window: int
     resume: str | os.PathLike | None
     log_every: int | None
     callback: Callable[[int, dict], Any] | None
@@ -88,7 +92,10 @@ class FitConfig:
         o["ema"] = _ema(o["ema"], model)
         if o["patience"] is not None and (not isinstance(o["patience"], int) or o["patience"] <= 0):
             raise ValueError(f"patience must be a positive integer or None, got {o['patience']!r}")
-        o["checkpoint_steps"], o["checkpoint_secs"] = _checkpoint_every(o.pop("checkpoint_every"))
+        ce = o.pop("checkpoint_every")
+        o["checkpoint_auto"] = ce == "auto"
+        o["checkpoint_steps"], o["checkpoint_secs"] = (None, None) if ce == "auto" else _checkpoint_every(ce)
+        _check_explode(o["explode_factor"], o["explode_window"])
         o["seed"] = _seed(o["seed"])
         if o["val_fraction"] is not None and not 0 <= o["val_fraction"] < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {o['val_fraction']!r}")
@@ -156,20 +163,25 @@ def _ema(ema: Any, model: nn.Module) -> float | None:
 
 def _checkpoint_every(ce: Any) -> tuple[int | None, float | None]:
     """``(steps, None)`` for an int, ``(None, seconds)`` for a float or ``"60s"``."""
+    if ce is None:
+        return None, None
+    value: Any = ce
     if isinstance(ce, str):
         try:
-            return None, float(ce[:-1] if ce.endswith("s") else ce)
+            value = float(ce[:-1] if ce.endswith("s") else ce)
         except ValueError:
             raise ValueError(_CKPT_ERROR.format(ce)) from None
-    if isinstance(ce, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(_CKPT_ERROR.format(ce))
-    if isinstance(ce, int):
-        return ce, None
-    if isinstance(ce, float):
-        return None, ce
-    if ce is not None:
-        raise ValueError(_CKPT_ERROR.format(ce))
-    return None, None
+    return (value, None) if isinstance(value, int) else (None, float(value))
+
+
+def _check_explode(factor: Any, window: Any) -> None:
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                               or not 0 < factor < math.inf):
+        raise ValueError(f"explode_factor must be a positive number or None, got {factor!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise ValueError(f"explode_window must be a positive integer (logs), got {window!r}")
 
 
 def _seed(seed: Any) -> int:

@@ -1,11 +1,14 @@
-"""The loop's small collaborators, one job each: when to stop (:class:`StopRule`), validation
-with best weights and patience (:class:`Evaluator`), divergence rollback (:class:`Rollback`) and
-mixed precision (:class:`Precision`)."""
+"""The loop's small collaborators, one job each: when to stop (:class:`StopRule`), signals as
+a request to stop (:class:`Signals`), validation with best weights and patience
+(:class:`Evaluator`), divergence and explosion rollback (:class:`Rollback`) and mixed precision
+(:class:`Precision`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import warnings
 
 import torch
@@ -122,16 +125,87 @@ class Evaluator:
         return True
 
 
+class Signals:
+    """SIGINT, SIGTERM and SIGHUP (what Ctrl-C, ``timeout``, ``docker stop`` and Slurm send)
+    turned into a request to stop at the next step boundary, where the loop checkpoints.
+
+    A second signal interrupts at once (``KeyboardInterrupt``). Installed only in the main
+    thread; a signal the process ignores (``nohup``: SIGHUP) stays ignored. ``received`` is the
+    first signal's name, e.g. ``"SIGTERM"``, or None.
+    """
+
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self):
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                sig = getattr(signal, name, None)
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+
+
 class Rollback:
-    """The weights at the last log whose loss was finite, restored when training diverges."""
+    """A verified last-good state, restored when training diverges, and explosion detection.
 
-    def __init__(self, model: nn.Module, ema: EMA | None):
-        self.model, self.ema = model, ema
-        self.state, self.loss = eval_weights(model, ema), math.nan
+    At each log whose loss is finite (and not exploding) and whose parameters are all finite,
+    the evaluation weights become a candidate; the candidate becomes the restore point once the
+    next step's loss, computed from those weights, is finite too. The restore point starts as
+    the initial weights.
 
-    def remember(self, loss: float) -> None:
-        if math.isfinite(loss):
-            self.state, self.loss = eval_weights(self.model, self.ema), loss
+    Explosion: the logged loss above ``best + factor * max(1, |best|)`` at ``window``
+    consecutive logs, ``best`` being the lowest logged loss so far or the first step's (the
+    starting weights': a large learning rate can blow up the loss before the first log);
+    ``factor=None`` never fires.
+    """
+
+    def __init__(self, model: nn.Module, ema: EMA | None, factor: float | None, window: int, step: int):
+        self.model, self.ema, self.factor, self.window = model, ema, factor, window
+        self.state, self.loss, self.step = eval_weights(model, ema), math.nan, step
+        self.pending: tuple | None = None
+        self.best, self.high = math.inf, 0
+
+    def offer(self, loss: float, step: int) -> str | None:
+        """At a log: take a candidate, or describe the explosion (None while there is none)."""
+        if not math.isfinite(loss):
+            return None
+        if self.factor is not None:
+            self.best = min(self.best, loss)
+            limit = self.best + self.factor * max(1.0, abs(self.best))
+            if loss > limit:
+                self.high += 1
+                if self.high < self.window:
+                    return None
+                return (f"the loss exploded: {loss:.6g} at step {step}, above {limit:.6g} (running best "
+                        f"{self.best:.6g} + explode_factor {self.factor:g} x max(1, |best|)) at "
+                        f"{self.high} logs in a row")
+            self.high = 0
+        state = eval_weights(self.model, self.ema)
+        if all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            self.pending = (state, loss, step)
+        return None
+
+    def confirm(self, loss: float) -> None:
+        """After a step whose loss was finite: the candidate it was computed from is good."""
+        if self.best == math.inf:
+            self.best = loss
+        if self.pending is not None:
+            self.state, self.loss, self.step = self.pending
+            self.pending = None
 
     def restore(self) -> None:
         self.model.load_state_dict(self.state)

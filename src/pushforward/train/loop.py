@@ -3,6 +3,7 @@ the data and the collaborators, and runs one step after another until a budget i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -10,6 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +20,9 @@ from torch import nn
 
 from pushforward import distributed as ddp
 from pushforward._utils import module_device, module_dtype
-from pushforward.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer, load_checkpoint
+from pushforward.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer, auto_cadence, load_checkpoint
 from pushforward.train.config import FitConfig
-from pushforward.train.control import Evaluator, Precision, Rollback, StopRule
+from pushforward.train.control import Evaluator, Precision, Rollback, Signals, StopRule
 from pushforward.train.data import make_data
 from pushforward.train.run import LAST, RunDir
 from pushforward.train.schedule import LRSchedule
@@ -61,13 +63,15 @@ def fit(
     seed: int | None = 0,
     device: str | torch.device | None = None,
     out_dir: str | os.PathLike | None = None,
-    checkpoint_every: int | float | str | None = "60s",
+    checkpoint_every: int | float | str | None = "auto",
     resume: str | os.PathLike | None = None,
     log_every: int | None = None,
     callback: Callable[[int, dict], Any] | None = None,
     progress: bool | None = None,
     tensorboard: bool | None = None,
     distributed: bool | None = None,
+    explode_factor: float | None = 10.0,
+    explode_window: int = 5,
 ) -> History:
     """Train ``model`` on ``data`` by minimising ``model.loss`` with Adam/AdamW.
 
@@ -102,11 +106,22 @@ def fit(
         standardize: fold per-dimension standardization into the model (default
             ``model.standardize_by_default``); stats from the training data (or a draw of
             10 000 for simulators/loaders), set before training, never on resume.
-        seed: seeds data order, validation split and the model's own randomness.
+        seed: seeds data order, validation split and the model's own randomness during
+            training. It does not re-initialise a model that is already built: for identical
+            runs build it under the same seed too (``torch.manual_seed(s); pf.build(...)``;
+            ``pushforward train --seed`` does this).
         device: default: the model's device.
         out_dir: writes ``last.pt``, ``best.pt``, ``metrics.jsonl`` (and TensorBoard events).
         checkpoint_every: an int counts steps; a float or ``"60s"`` counts seconds; None only
-            at the end. A checkpoint is also written on KeyboardInterrupt.
+            at the end; ``"auto"`` (default): every ``min(60 s, max(1 s, max_time / 10))``,
+            and every tenth of a step/epoch budget. With a cadence a fresh run also writes one
+            after its first step. Worst case, a process killed outright (``kill -9``) loses
+            the training since its last checkpoint: the first step, then at most one cadence
+            interval (plus the time a checkpoint takes to write).
+            SIGINT, SIGTERM and SIGHUP stop training at the next step boundary and write a
+            checkpoint (``stopped_reason="interrupted"``, ``History.signal``); a second signal,
+            or a KeyboardInterrupt raised elsewhere, interrupts at once and checkpoints the last
+            step boundary.
         resume: checkpoint file or run directory to continue from.
         log_every: record the mean loss every this many steps (default from the budget).
         callback: ``callback(step, metrics)`` at every log; returning True stops training.
@@ -114,14 +129,21 @@ def fit(
         tensorboard: write TensorBoard events to ``out_dir/tensorboard`` (default: when the
             ``tensorboard`` package is installed and ``out_dir`` is given).
         distributed: use DDP (default: when launched by torchrun with WORLD_SIZE > 1).
+        explode_factor, explode_window: the loss has exploded when the logged loss stays above
+            ``best + explode_factor * max(1, |best|)`` (``best``: the lowest logged loss so far)
+            at ``explode_window`` logs in a row; training then stops like a divergence.
+            ``explode_factor=None`` turns this off.
 
     Returns:
         A :class:`History`.
 
     Raises:
         ValueError: bad data (NaN/inf, wrong shape, context mismatch) or options.
-        TrainingDivergedError: the loss became NaN/inf; the model is restored to the last good
-            weights and the last good checkpoint is kept.
+        RunLockedError: another live process is training into ``out_dir``.
+        TrainingDivergedError: the loss (or gradient norm, or a parameter) became NaN/inf, or
+            the loss exploded; the model is restored to the last verified good weights (finite
+            parameters whose loss was finite) and the last checkpoint (always of finite
+            parameters) is kept.
     """
     options = {k: v for k, v in locals().items() if k not in ("model", "data", "context")}
     return _Trainer(model, FitConfig.resolve(model, options)).run(data, context)
@@ -148,9 +170,11 @@ class _Trainer:
         self.main = self.rank == 0
         self.sync = ddp.StepSync(self.dist, self.world, self.main)
         self._place()
+        self.run = RunDir(cfg.out_dir, main=self.main) if cfg.out_dir is not None else None
         np_state, py_state = np.random.get_state(), random.getstate()
         try:
-            with torch.random.fork_rng(devices=cuda_devices(self.device)):
+            with (self.run.lock() if self.run is not None else contextlib.nullcontext()), \
+                    Signals() as self.signals, torch.random.fork_rng(devices=cuda_devices(self.device)):
                 torch.manual_seed(cfg.seed + self.rank)
                 np.random.seed((cfg.seed + self.rank) % 2**32)
                 random.seed(cfg.seed + self.rank)
@@ -275,12 +299,17 @@ class _Trainer:
             every, secs = (max(1, horizon // 10), None) if horizon else (None, cfg.max_time / 10)
         self.evaluator = Evaluator(self.model, self.ema, self.data.val, every, secs, start, self.elapsed_before,
                                    best, cfg.seed, max(cfg.batch_size, 1024), self.device, self.dtype)
-        self.run = RunDir(cfg.out_dir, main=self.main) if cfg.out_dir is not None else None
-        self.checkpointer = Checkpointer(self.run, self.model, self.ema, cfg.checkpoint_steps, cfg.checkpoint_secs,
+        ck_steps, ck_secs = cfg.checkpoint_steps, cfg.checkpoint_secs
+        if cfg.checkpoint_auto:
+            ck_steps, ck_secs = auto_cadence(cfg.max_time, horizon - start if horizon else None)
+        self.checkpointer = Checkpointer(self.run, self.model, self.ema, ck_steps, ck_secs,
                                          self.sync.gather, start, self.elapsed_before)
+        if self.run is not None and cfg.resume is not None and Path(cfg.resume).resolve() in (
+                self.run.path.resolve(), (self.run / LAST).resolve()):
+            self.checkpointer.saved_step = start  # the run's last.pt is the checkpoint resumed from
         self.sinks = make_sinks(self.run, self.history.records(), start, horizon, cfg.max_time,
                                 cfg.progress, cfg.tensorboard, self.main)
-        self.rollback = Rollback(self.model, self.ema)
+        self.rollback = Rollback(self.model, self.ema, cfg.explode_factor, cfg.explode_window, start)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> History:
@@ -295,11 +324,13 @@ class _Trainer:
                 phase, boundary = "boundary", self._capture()
                 reason = self.stop.spent(self.step, self.elapsed)
                 due_eval = self.evaluator.due(self.step, self.elapsed, reason is not None)
-                if self._log_due(due_eval, reason):
+                logged = self._log_due(due_eval, reason)
+                if logged:
                     rec = self._log(due_eval)
                     boundary = self._capture()  # the window was reset: later checkpoints start here
                     callback_stop = self._callback_stop(rec)
                     reason = reason or self.stop.requested(self.evaluator.bad_evals, callback_stop)
+                reason = reason or self._signalled(logged)
                 if reason is None and self.checkpointer.due(self.step, self.elapsed):
                     self._save(boundary)
                 if reason is not None:
@@ -314,6 +345,7 @@ class _Trainer:
                 loss, loss_value, finite, self.elapsed = self.sync.step(loss, xb.shape[0], n_global, now)
                 if not finite:
                     raise _Diverged(f"loss is {loss_value} at step {self.step}")
+                self.rollback.confirm(loss_value)
                 self.precision.backward(loss, opt)
                 gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
                 if self.precision.checks_gradients and not bool(torch.isfinite(gnorm)):
@@ -327,6 +359,7 @@ class _Trainer:
                 self.step += 1
                 self.win_sum, self.win_n = self.win_sum + loss_value, self.win_n + 1
                 self.sinks.tick(self.step, self.elapsed - self.elapsed_before)
+            self._save(self._capture())
         except _Diverged as e:
             raise self._diverged(e.args[0]) from None
         except KeyboardInterrupt:
@@ -335,9 +368,16 @@ class _Trainer:
         except BaseException:
             self.sinks.close()
             raise
-        else:
-            self._save(self._capture())
         return self._finish(reason)
+
+    def _signalled(self, logged: bool) -> str | None:
+        """``"interrupted"`` once a signal arrived; under DDP agreed at log steps (all ranks stop together)."""
+        got = self.signals.received is not None
+        if self.dist:
+            if not logged:
+                return None
+            got = self.sync.any(got, self.device)
+        return "interrupted" if got else None
 
     def _log_due(self, due_eval: bool, reason: str | None) -> bool:
         last_logged = self.history["step"][-1] if self.history["step"] else -1
@@ -361,8 +401,10 @@ class _Trainer:
             rec["val_loss"] = val_loss
         self.history.append(rec, self.elapsed)
         self.win_sum, self.win_n = 0.0, 0
-        self.rollback.remember(rec["loss"])
         self.sinks.log(rec)
+        exploded = self.rollback.offer(rec["loss"], self.step)
+        if exploded:
+            raise _Diverged(exploded)
         return rec
 
     def _callback_stop(self, rec: dict) -> bool:
@@ -376,7 +418,14 @@ class _Trainer:
         return {"rng": rng_state(self.device), "data": self.data.source.state(),
                 "window": (self.win_sum, self.win_n)}
 
+    def _finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
     def _save(self, boundary: dict, gather: bool = True) -> None:
+        """``last.pt`` at a step boundary; a parameter that is NaN/inf is a divergence, never saved."""
+        if not self._finite():
+            raise _Diverged(f"a parameter became non-finite by step {self.step}")
+
         def build(rngs: list) -> dict:
             return {
                 "format": CHECKPOINT_FORMAT, "version": 1,
@@ -404,24 +453,38 @@ class _Trainer:
         if not self.evaluator.restore_best() and self.ema is not None:
             self.ema.copy_to(self.model)
         self._finish_history(reason)
-        if reason == "interrupted" and self.main:
-            where = f"; checkpoint in {self.run.path}" if self.run is not None else ""
-            print(f"pushforward: training interrupted at step {self.step}{where}", file=sys.stderr)
+        if reason == "interrupted":
+            self.history["signal"] = self.signals.received
+            if self.main:
+                by = f" by {self.signals.received}" if self.signals.received else ""
+                saved = self._saved_checkpoint()
+                where = (f"checkpoint {saved}; continue with `pushforward resume {self.run.path}`"
+                         if saved else "no checkpoint was written")
+                print(f"pushforward: training interrupted{by} at step {self.step}; {where}", file=sys.stderr)
         return self.history
 
+    def _saved_checkpoint(self) -> str | None:
+        """``"DIR/last.pt (step N)"`` for the checkpoint this call wrote, only if the file exists."""
+        ck = self.checkpointer
+        if self.run is not None and ck.saved_step is not None and (self.run / LAST).is_file():
+            return f"{self.run / LAST} (step {ck.saved_step})"
+        return None
+
     def _interrupted(self, phase: str, boundary: dict) -> None:
-        """KeyboardInterrupt: checkpoint the last step boundary unless the weights are half updated."""
+        """KeyboardInterrupt: checkpoint the last step boundary unless the weights are half
+        updated or not finite (the previous checkpoint is kept then)."""
         if phase == "update":
             warnings.warn("interrupted during an optimizer update; the previous checkpoint is kept", stacklevel=4)
-        else:
+        elif self._finite():
             self._save(boundary, gather=False)
 
     def _diverged(self, what: str) -> TrainingDivergedError:
-        self.rollback.restore()
+        rb = self.rollback
+        rb.restore()
         self._finish_history(reason="diverged")
-        msg = (f"training diverged: {what}; the last finite logged loss was {self.rollback.loss:.6g}. "
-               "The model holds the last good weights"
-               + (f" and {self.run / LAST} the last good checkpoint" if self.run is not None else "")
+        good = (f"step {rb.step} (loss {rb.loss:.6g})" if math.isfinite(rb.loss) else f"step {rb.step}, where this call started")
+        msg = (f"training diverged: {what}. The model holds the last verified good weights, from {good}; "
+               + (f"the last checkpoint is {saved}" if (saved := self._saved_checkpoint()) else "no checkpoint was written")
                + ". Try a lower lr, a smaller clip_grad or amp=False.")
         self.sinks.close()
-        return TrainingDivergedError(msg, self.step, self.rollback.loss, self.history)
+        return TrainingDivergedError(msg, self.step, rb.loss, self.history)

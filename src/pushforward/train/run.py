@@ -9,15 +9,24 @@
     metrics.jsonl   one JSON record per log: step, loss, lr, time (and val_loss)
     history.json    the :class:`~pushforward.train.History` of the last call
     tensorboard/    TensorBoard events (when enabled)
+    .lock           the run's lock file (holds the pid of the process training into it)
 
 Only the main process (rank 0) writes; the other ranks' calls are no-ops, so callers need not
 ask. Every file is replaced atomically: a crash never leaves a truncated one.
+
+One run at a time: :meth:`RunDir.lock` takes an OS lock (``fcntl.flock``) on ``.lock`` for the
+run's life. The kernel releases it when the process dies (even by ``kill -9``), so a dead run's
+lock is taken over; a live one makes a second run fail with :class:`RunLockedError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +35,36 @@ from torch import nn
 from pushforward._utils import json_safe
 from pushforward.models import atomic_save, model_payload
 
-CONFIG, LAST, BEST, MODEL, METRICS, HISTORY = (
-    "config.json", "last.pt", "best.pt", "model.pt", "metrics.jsonl", "history.json")
+CONFIG, LAST, BEST, MODEL, METRICS, HISTORY, LOCK = (
+    "config.json", "last.pt", "best.pt", "model.pt", "metrics.jsonl", "history.json", ".lock")
+# What a run leaves behind; --overwrite removes all of it before anything new is written.
+RUN_FILES = (LAST, BEST, MODEL, METRICS, HISTORY, CONFIG, "tensorboard", "plots")
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is training into this run directory."""
+
+
+# The locks this process holds, by resolved path: [open file, depth]. flock is per open file,
+# so a second open by the same process (the CLI, then fit inside it) must reuse the first.
+_HELD: dict[str, list] = {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or "x")
+    except (OSError, ValueError):
+        return None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -72,6 +109,62 @@ class RunDir:
         if not d.is_dir():
             raise NotADirectoryError(f"{str(path)!r} is not a run directory")
         return cls(d, main)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock (re-entrant within a process); no-op on non-main ranks.
+
+        Raises:
+            RunLockedError: another live process holds it (names the directory and its pid).
+        """
+        if not self.main:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            _HELD[key] = [self._acquire(), 1]
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+            if _HELD[key][1] == 0:
+                f = _HELD.pop(key)[0]
+                f.close()  # closing the file releases the flock
+
+    def _acquire(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the pid file alone
+            fcntl = None
+        path = self.path / LOCK
+        f = open(path, "a+")
+        try:
+            if fcntl is None:
+                raise OSError(errno.ENOLCK, "no flock")
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                # No flock on this file system (some network mounts): fall back to the pid file.
+                pid = _read_pid(path)
+                if pid is None or pid == os.getpid() or not _pid_alive(pid):
+                    return self._write_pid(f)
+            f.close()
+            pid = _read_pid(path)
+            who = f" (pid {pid})" if pid is not None else ""
+            raise RunLockedError(f"{str(self.path)!r} is in use by another training run{who}; "
+                                 "wait for it to finish or choose another --out") from None
+        return self._write_pid(f)
+
+    @staticmethod
+    def _write_pid(f):
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        return f
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -128,14 +221,21 @@ class RunDir:
         return f
 
     def clear(self) -> None:
-        """Remove a previous run's checkpoints, model and metrics (a disposable directory)."""
-        if self.main:
-            for name in (LAST, BEST, MODEL, METRICS):
-                (self.path / name).unlink(missing_ok=True)
+        """Remove a previous run's files (:data:`RUN_FILES`), so nothing of it can be picked up
+        by ``sample``/``eval``/``resume`` if the new run stops early. Hold :meth:`lock` first."""
+        if not self.main:
+            return
+        for name in RUN_FILES:
+            p = self.path / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ reading
     def has_run(self) -> bool:
-        return (self.path / LAST).exists()
+        """Whether a previous run left a checkpoint, a model or metrics here."""
+        return any((self.path / name).exists() for name in (LAST, BEST, MODEL, METRICS))
 
     def read_config(self) -> dict:
         f = self.path / CONFIG

@@ -15,11 +15,11 @@ from torch import nn
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The loss (or gradient norm) became NaN/inf.
+    """The loss (or gradient norm, or a parameter) became NaN/inf, or the loss exploded.
 
     Attributes:
-        step: the step whose loss was non-finite (0-based count of completed steps).
-        last_loss: the last finite logged loss (NaN if none).
+        step: the step where it was detected (0-based count of completed steps).
+        last_loss: the logged loss of the restored weights (NaN when they are the initial ones).
         history: the :class:`History` up to the failure.
     """
 
@@ -39,7 +39,8 @@ class History(dict):
     Scalars: ``best_val_loss`` (NaN without validation), ``best_step``, ``steps`` (total
     optimizer steps), ``epochs`` (data passes, NaN for simulators), ``elapsed`` (seconds),
     ``stopped_reason`` (``"max_time"``, ``"steps"``, ``"epochs"``, ``"early_stopping"``,
-    ``"callback"`` or ``"interrupted"``).
+    ``"callback"`` or ``"interrupted"``), ``signal`` (the signal that interrupted it, e.g.
+    ``"SIGTERM"``, else None).
     """
 
     def __init__(self, *args, **kwargs):
@@ -52,6 +53,7 @@ class History(dict):
         self.setdefault("epochs", math.nan)
         self.setdefault("elapsed", 0.0)
         self.setdefault("stopped_reason", None)
+        self.setdefault("signal", None)
 
     def __getattr__(self, name: str) -> Any:
         try:
