@@ -57,8 +57,11 @@ class _Block(nn.Module):
         q, k, v = self.qkv(self.ln1(h)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         return q, k, v  # each [B, heads, n, w / heads]
 
-    def forward(self, h: Tensor, prefix: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``h [B, n, W]``; ``prefix`` = (k, v) of tokens this block may also attend to.
+    def forward(self, h: Tensor, prefix: tuple[Tensor, Tensor] | None = None,
+                mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``h [B, n, W]``; ``prefix`` = (k, v) of tokens this block may also attend to;
+        ``mask`` (bool, broadcasting to ``[B, heads, n, keys]``, True = may attend) hides keys
+        (padding of an instruction).
 
         Returns the new tokens and this block's own (k, v) (what a later reader caches).
         """
@@ -66,7 +69,7 @@ class _Block(nn.Module):
         if self.kv_only:
             return h, (k, v)
         kk, vv = (k, v) if prefix is None else (torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2))
-        a = F.scaled_dot_product_attention(q, kk, vv)
+        a = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
         h = h + self.proj(a.transpose(1, 2).reshape(h.shape))
         h = h + self.mlp(self.ln2(h))
         return h, (k, v)
