@@ -79,16 +79,17 @@ def latency(args) -> None:
 def language(args) -> None:
     """Train one VLA on ColorReach demonstrations; evaluate with, without the instruction, guided."""
     torch.manual_seed(args.seed)
+    start = _machine()["uptime"]
     t0 = time.time()
     data = color_reach.collect(args.episodes, args.horizon, seed=args.seed, size=args.size)
-    demos = pf.policy.Demonstrations(**data, max_text=32)
+    demos = pf.policy.Demonstrations(**data, max_text=args.max_text)
     collect_s = time.time() - t0
     policy = VLAPolicy(image_shape=(3, args.size, args.size), state_dim=2, action_dim=2, horizon=args.horizon,
-                       max_text=32, patch=8, width=args.width, depth=args.depth, instruction_drop=args.drop)
+                       max_text=args.max_text, patch=args.patch, width=args.width, depth=args.depth, instruction_drop=args.drop)
     policy.set_normalization(actions=demos.actions, state=demos.state)
     t0 = time.time()
     h = pf.fit(policy, demos, max_time=args.max_time, seed=args.seed, val_fraction=0, progress=False,
-               checkpoint_every=None, batch_size=args.batch_size)
+               checkpoint_every=None, batch_size=args.batch_size, lr=args.lr)
     train_s = time.time() - t0
     policy.eval()
     evals = {}
@@ -101,7 +102,7 @@ def language(args) -> None:
         evals[name]["eval_s"] = round(time.time() - t0, 1)
         print(name, evals[name], flush=True)
     _save("policy_vla_language.json", {
-        "machine": _machine(), "samples": len(demos), "demo_episodes": args.episodes, "collect_s": round(collect_s, 1),
+        "machine": _machine() | {"uptime_at_start": start}, "samples": len(demos), "demo_episodes": args.episodes, "collect_s": round(collect_s, 1),
         "train_s": round(train_s, 1), "train_steps": h.steps, "final_loss": float(h.loss[-1]),
         "options": vars(args) | {"what": None}, "chance": 1 / 3, "results": evals})
 
@@ -127,11 +128,12 @@ def report(args) -> None:
                 f"{d['samples']} samples from {o['episodes']} expert episodes; width {o['width']}, depth {o['depth']}, "
                 f"instruction drop {o['drop']}; trained {d['train_s']} s ({d['train_steps']} steps, batch "
                 f"{o['batch_size']}, final loss {d['final_loss']:.3f}); {o['eval_episodes']} seeded episodes each. "
-                f"Machine: `{d['machine']['uptime']}`.", "",
-                "| evaluation | success | red | green | blue | phrasings 0/1/2/3 |", "|---|---|---|---|---|---|"]
+                f"Machine at start: `{d['machine'].get('uptime_at_start')}`; at the end: `{d['machine']['uptime']}`.", "",
+                "| evaluation | success | reached a disc | red | green | blue | phrasings 0/1/2/3 |",
+                "|---|---|---|---|---|---|---|"]
         for k, v in d["results"].items():
             c, p = v["by_color"], v["by_phrase"]
-            out.append(f"| {k} | {v['success']:.2f} | {c['red']:.2f} | {c['green']:.2f} | {c['blue']:.2f} | "
+            out.append(f"| {k} | {v['success']:.2f} | {v.get('touched_any', float('nan')):.2f} | {c['red']:.2f} | {c['green']:.2f} | {c['blue']:.2f} | "
                        + " / ".join(f"{p[str(i)] if str(i) in p else p[i]:.2f}" for i in range(len(p))) + " |")
         out.append("")
     (RESULTS / "policy_vla.md").write_text("\n".join(out))
@@ -152,6 +154,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-time", type=float, default=240)
     p.add_argument("--eval-episodes", type=int, default=60)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--max-text", type=int, default=24)
+    p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()

@@ -302,3 +302,19 @@ def test_color_reach_expert_and_chance_structure(monkeypatch):
     told = color_reach.evaluate(s, episodes=30, size=32)["success"]
     red = color_reach.evaluate(s, episodes=30, size=32, instruction="move to red")["success"]
     assert told >= 0.85 and 0.1 <= red <= 0.6, (told, red)
+
+
+def test_fused_action_embedding_is_the_unfused_function():
+    from pushforward.nets.time import batch_times
+    from pushforward.policy import FlowPolicy
+    from pushforward.policy.nets import fused_action_embedding
+
+    torch.manual_seed(0)
+    net = FlowPolicy(5, 2, 6, width=32, time_embed=16).double().net
+    x, t = torch.randn(3, 6, 2, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    te = net.embed_t(batch_times(t, x))[:, None].expand(-1, 6, -1)
+    ref = net.action_time(torch.cat([net.in_action(x), te], -1)) + net.pos
+    got = fused_action_embedding(net.in_action, net.action_time, net.embed_t, net.pos, x, t)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    got.sum().backward()  # every parameter of the fused path still trains
+    assert all(p.grad is not None for p in (*net.in_action.parameters(), *net.action_time.parameters(), net.pos))

@@ -138,7 +138,8 @@ def evaluate(policy: Any, episodes: int = 50, seed: int = 10_000, execute: int =
 
     The policy acts every ``execute`` steps (the first ``execute`` actions of each chunk).
     ``instruction`` overrides the environment's (``""``: the policy is not told the task).
-    Returns ``{"success": mean, "by_color": {colour: mean}, "by_phrase": {i: mean}}``.
+    Returns ``{"success": mean, "touched_any": share of episodes that reach some disc,
+    "by_color": {colour: mean}, "by_phrase": {i: mean}}``.
     """
     import torch
 
@@ -157,7 +158,8 @@ def evaluate(policy: Any, episodes: int = 50, seed: int = 10_000, execute: int =
                 if done:
                     break
         rows.append(info)
-    out: dict[str, Any] = {"success": float(np.mean([r["success"] for r in rows]))}
+    out: dict[str, Any] = {"success": float(np.mean([r["success"] for r in rows])),
+                           "touched_any": float(np.mean([r["touched"] is not None for r in rows]))}
     out["by_color"] = {c: float(np.mean([r["success"] for r in rows if r["target"] == c] or [np.nan])) for c in COLORS}
     out["by_phrase"] = {i: float(np.mean([r["success"] for r in rows if r["phrase"] == i] or [np.nan]))
                         for i in range(len(PHRASES))}

@@ -75,6 +75,24 @@ class _Block(nn.Module):
         return h, (k, v)
 
 
+def fused_action_embedding(in_action: nn.Linear, action_time: nn.Sequential, embed_t: nn.Module, pos: Tensor,
+                           x: Tensor, t: Tensor | float) -> Tensor:
+    """Action tokens ``W_3 swish(W_2 [W_1 x_h, phi(t)] + b_2) + b_3 + pos_h`` (pi0, sec. B), ``[B, H, W]``.
+
+    The same function as ``action_time(cat([in_action(x), phi(t)])) + pos`` with the per-step work
+    fused (the decoder runs at every flow step, at batch 1 mostly framework overhead): ``W_2``
+    is split into its action and time columns, the action part folded into ``W_1``
+    (``W_2a (W_1 x + b_1) = (W_2a W_1) x + W_2a b_1``), and the time part computed once per
+    batch row instead of once per action token, so no ``[B, H, W + E]`` concatenation is built.
+    """
+    first = action_time[0]
+    w = in_action.out_features
+    wa, wt = first.weight[:, :w], first.weight[:, w:]
+    h = F.linear(x, wa @ in_action.weight, torch.addmv(first.bias, wa, in_action.bias))
+    h = h + F.linear(embed_t(batch_times(t, x)), wt)[:, None]
+    return action_time[2](action_time[1](h)) + pos[: x.shape[1]]
+
+
 class ActionTransformer(nn.Module):
     """pi0's action expert in miniature: H action tokens attending to observation tokens.
 
@@ -114,8 +132,7 @@ class ActionTransformer(nn.Module):
 
     def decode(self, x: Tensor, t: Tensor | float, cache: list[tuple[Tensor, Tensor]]) -> Tensor:
         """Velocity ``[B, H, A]`` of the noisy chunk ``x`` at time ``t`` given the prefix cache."""
-        te = self.embed_t(batch_times(t, x))[:, None].expand(-1, x.shape[1], -1)
-        h = self.action_time(torch.cat([self.in_action(x), te], -1)) + self.pos[: x.shape[1]]
+        h = fused_action_embedding(self.in_action, self.action_time, self.embed_t, self.pos, x, t)
         for blk, kv in zip(self.act_blocks, cache):
             h, _ = blk(h, kv)
         return self.out(h)

@@ -31,10 +31,10 @@ from pushforward.continuous.cnf import Field
 from pushforward.continuous.ode import FIXED_SOLVERS
 from pushforward.matching.models import FlowMatching
 from pushforward.matching.time_samplers import TIME_SAMPLERS
-from pushforward.nets.time import SinusoidalEmbedding, batch_times
+from pushforward.nets.time import SinusoidalEmbedding
 from pushforward.policy.base import ChunkPolicyMixin
 from pushforward.policy.flow import FlowPolicy
-from pushforward.policy.nets import _Block
+from pushforward.policy.nets import _Block, fused_action_embedding
 from pushforward.policy.text import PAD, VOCAB_SIZE, ByteTokenizer
 from pushforward.policy.vision import ConvPatchEncoder, PretrainedEncoder
 
@@ -83,8 +83,7 @@ class VLANet(nn.Module):
 
     def action_tokens(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Noisy chunk ``[B, H, A]`` at time t -> ``[B, H, W]``."""
-        te = self.embed_t(batch_times(t, x))[:, None].expand(-1, x.shape[1], -1)
-        return self.action_time(torch.cat([self.in_action(x), te], -1)) + self.pos[: x.shape[1]]
+        return fused_action_embedding(self.in_action, self.action_time, self.embed_t, self.pos, x, t)
 
     # ----------------------------------------------------------------- cached path
     def encode(self, parts: Parts) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
