@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pushforward._utils import to_tensor
 from pushforward._validate import check_choice, check_dim, check_finite, check_positive_int
 from pushforward.continuous.cnf import Field
 from pushforward.continuous.ode import FIXED_SOLVERS
