@@ -143,3 +143,5 @@ def test_09_flow_policy(tmp_path):
     assert abs(res["regression_end_x"]) < 0.2
     lat = res["latency_ms"]
     assert all(math.isfinite(v) and v > 0 for v in lat.values()) and lat[20] > lat[1]
+    vla = res["vla"]  # the VLA step runs end to end (its success needs the full budget)
+    assert vla["samples"] > 20 and 0 <= vla["told"] <= 1 and 0 <= vla["untold"] <= 1 and vla["act_ms"] > 0

@@ -7,6 +7,9 @@ Experiment code, kept apart from the policy core (:mod:`pushforward.policy`):
 * :mod:`pushforward.envs.pusht`: PushT (needs ``gym-pusht``: ``pip install 'pushforward[policy]'``;
   imported only on request) with flat state observations, a scripted push planner, its metrics
   and demonstration collection.
+* :mod:`pushforward.envs.color_reach`: ColorReach, a multi-task language-conditioned task from
+  pixels (the instruction names which of three coloured discs to reach, the image shows where),
+  its scripted expert, demonstration collection and evaluation of a ``VLAPolicy``.
 * :mod:`pushforward.envs.dagger`: :func:`relabel`, DAgger data collection (Ross et al. 2011).
 
 >>> from pushforward.envs import TwoRouteEnv, TwoRouteExpert, two_route_metrics

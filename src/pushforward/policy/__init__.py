@@ -19,14 +19,21 @@ dimension A and ``context_dim`` the observation size O, plus 1 for the task id w
 
 from pushforward.policy.base import ChunkPolicyMixin, pooled_stats
 from pushforward.policy.baselines import DiffusionPolicy, RegressionPolicy, cosine_alpha_bar
+from pushforward.policy.demos import Demonstrations
 from pushforward.policy.execution import ChunkExecutor, ObsHistory, evaluate_policy, make_chunks, rollout
 from pushforward.policy.flow import FlowPolicy, HierarchicalFlowPolicy
 from pushforward.policy.nets import ActionMLP, ActionTransformer, ObsEncoder
+from pushforward.policy.text import ByteTokenizer
+from pushforward.policy.vision import ConvPatchEncoder, PretrainedEncoder
+from pushforward.policy.vla import VLANet, VLAPolicy
 from pushforward.registry import register
 
 __all__ = [
     "ActionMLP",
     "ActionTransformer",
+    "ByteTokenizer",
+    "ConvPatchEncoder",
+    "Demonstrations",
     "ChunkExecutor",
     "ChunkPolicyMixin",
     "DiffusionPolicy",
@@ -34,7 +41,10 @@ __all__ = [
     "HierarchicalFlowPolicy",
     "ObsEncoder",
     "ObsHistory",
+    "PretrainedEncoder",
     "RegressionPolicy",
+    "VLANet",
+    "VLAPolicy",
     "cosine_alpha_bar",
     "evaluate_policy",
     "make_chunks",

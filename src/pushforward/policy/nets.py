@@ -57,8 +57,11 @@ class _Block(nn.Module):
         q, k, v = self.qkv(self.ln1(h)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         return q, k, v  # each [B, heads, n, w / heads]
 
-    def forward(self, h: Tensor, prefix: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``h [B, n, W]``; ``prefix`` = (k, v) of tokens this block may also attend to.
+    def forward(self, h: Tensor, prefix: tuple[Tensor, Tensor] | None = None,
+                mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``h [B, n, W]``; ``prefix`` = (k, v) of tokens this block may also attend to;
+        ``mask`` (bool, broadcasting to ``[B, heads, n, keys]``, True = may attend) hides keys
+        (padding of an instruction).
 
         Returns the new tokens and this block's own (k, v) (what a later reader caches).
         """
@@ -66,10 +69,28 @@ class _Block(nn.Module):
         if self.kv_only:
             return h, (k, v)
         kk, vv = (k, v) if prefix is None else (torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2))
-        a = F.scaled_dot_product_attention(q, kk, vv)
+        a = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
         h = h + self.proj(a.transpose(1, 2).reshape(h.shape))
         h = h + self.mlp(self.ln2(h))
         return h, (k, v)
+
+
+def fused_action_embedding(in_action: nn.Linear, action_time: nn.Sequential, embed_t: nn.Module, pos: Tensor,
+                           x: Tensor, t: Tensor | float) -> Tensor:
+    """Action tokens ``W_3 swish(W_2 [W_1 x_h, phi(t)] + b_2) + b_3 + pos_h`` (pi0, sec. B), ``[B, H, W]``.
+
+    The same function as ``action_time(cat([in_action(x), phi(t)])) + pos`` with the per-step work
+    fused (the decoder runs at every flow step, at batch 1 mostly framework overhead): ``W_2``
+    is split into its action and time columns, the action part folded into ``W_1``
+    (``W_2a (W_1 x + b_1) = (W_2a W_1) x + W_2a b_1``), and the time part computed once per
+    batch row instead of once per action token, so no ``[B, H, W + E]`` concatenation is built.
+    """
+    first = action_time[0]
+    w = in_action.out_features
+    wa, wt = first.weight[:, :w], first.weight[:, w:]
+    h = F.linear(x, wa @ in_action.weight, torch.addmv(first.bias, wa, in_action.bias))
+    h = h + F.linear(embed_t(batch_times(t, x)), wt)[:, None]
+    return action_time[2](action_time[1](h)) + pos[: x.shape[1]]
 
 
 class ActionTransformer(nn.Module):
@@ -111,8 +132,7 @@ class ActionTransformer(nn.Module):
 
     def decode(self, x: Tensor, t: Tensor | float, cache: list[tuple[Tensor, Tensor]]) -> Tensor:
         """Velocity ``[B, H, A]`` of the noisy chunk ``x`` at time ``t`` given the prefix cache."""
-        te = self.embed_t(batch_times(t, x))[:, None].expand(-1, x.shape[1], -1)
-        h = self.action_time(torch.cat([self.in_action(x), te], -1)) + self.pos[: x.shape[1]]
+        h = fused_action_embedding(self.in_action, self.action_time, self.embed_t, self.pos, x, t)
         for blk, kv in zip(self.act_blocks, cache):
             h, _ = blk(h, kv)
         return self.out(h)
