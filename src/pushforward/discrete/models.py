@@ -171,8 +171,13 @@ class DiscreteFlowMatching(FlowModel):
 
         def den(xt, t):
             ctx = None
-            if context is not None:
-                ctx = context if xt.shape[0] == context.shape[0] else context[:1].expand(xt.shape[0], -1)
+            if context is not None:  # Monte Carlo batches repeat each row; the exact sum has one row
+                if xt.shape[0] == context.shape[0]:
+                    ctx = context
+                elif samples is not None:
+                    ctx = context.repeat_interleave(xt.shape[0] // context.shape[0], 0)
+                else:
+                    ctx = context[:1].expand(xt.shape[0], -1)
             return self.log_denoiser(xt, t, ctx, guidance)
 
         if samples is None and context is not None and x1.shape[0] > 1:

@@ -158,9 +158,9 @@ def path_elbo(path: MixturePath, denoiser: Denoiser, x1: Tensor, times: int = 16
                                      k.expand(xs.shape[0]))
                 total[row] = total[row] + w * (pr * val).sum()
         else:
-            acc = torch.zeros(n, dtype=dtype, device=x1.device)
-            for _ in range(samples):
-                xt = path.sample_xt(x1, kap, generator)
-                acc = acc + elbo_integrand(path, denoiser(xt, t).to(dtype), xt, x1, kap)
-            total = total + w * acc / samples
+            # all draws in one batch: row r of x1 repeated ``samples`` times
+            x1r, kr, tr = (v.repeat_interleave(samples, 0) for v in (x1, kap, t))
+            xt = path.sample_xt(x1r, kr, generator)
+            val = elbo_integrand(path, denoiser(xt, tr).to(dtype), xt, x1r, kr)
+            total = total + w * val.view(n, samples).mean(1)
     return total
