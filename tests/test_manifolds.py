@@ -277,3 +277,15 @@ def test_training_on_a_sphere_mixture_approaches_its_entropy():
     h = -target.log_prob(test).mean()
     # KL(target || model) = NLL - H; uniform on S^2 is log(4 pi) = 2.53 nats, H ~ 1.23
     assert float(nll - h) < 0.25, (float(nll), float(h))
+
+
+def test_sphere_and_torus_plots_are_written(tmp_path):
+    from pushforward import viz
+
+    sphere, torus = _make("sphere-fm"), _make("torus-fm")
+    p = viz.plot_sphere(tmp_path / "s.png", model=sphere, samples=sphere.sample(200, steps=4),
+                        data=SphereMixture().sample(200), grid=12)
+    q = viz.plot_torus(tmp_path / "t.png", model=torus, samples=torus.sample(200, steps=4), grid=16)
+    assert p.stat().st_size > 1000 and q.stat().st_size > 1000
+    with pytest.raises(ValueError, match="unit vectors"):
+        viz.plot_sphere(tmp_path / "x.png", samples=torch.zeros(5, 2))
