@@ -18,10 +18,8 @@ Time: t = 0 is the uniform source, t = 1 the data.
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pushforward._validate import (
     check_choice,

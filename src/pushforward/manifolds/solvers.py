@@ -68,7 +68,7 @@ def manifold_odeint(
         t = float(t0) + k * h
         # "exp": stage velocities are moved to T_x (projected) and every move is a geodesic;
         # "project": classical RK in the ambient space, each point retracted by projx.
-        tang = (lambda v: manifold.proju(x, v)) if step == "exp" else (lambda v: v)  # noqa: E731
+        tang = (lambda v, x=x: manifold.proju(x, v)) if step == "exp" else (lambda v: v)  # noqa: E731
         k1, d1 = f(x, t)
         if solver == "euler":
             u, d = k1, d1
