@@ -54,7 +54,7 @@ def run(kind: str, budget: float):
             x0 = meta.manifold.uniform_sample(len(x1), x1.shape[1])
             t = torch.rand(len(x1))
             ps = meta_path.sample(t=t, x_0=x0, x_1=x1)
-            loss = (meta.velocity(ps.x_t, ps.t) - ps.dx_t).pow(2).sum(-1).mean()
+            loss = (meta.velocity(ps.x_t, t) - ps.dx_t).pow(2).sum(-1).mean()
         loss.backward()
         opts[who].step()
         steps[who] += 1
