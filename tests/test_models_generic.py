@@ -22,6 +22,8 @@ SPECIAL = {
     **{n: dict(dim=2, hidden=(32, 32)) for n in ("fm", "ot-fm", "vp-fm", "sb-fm", "rectified")},
     # Score models: a narrower field keeps the exact-divergence PF-ODE densities on the grid cheap.
     **{n: dict(dim=2, hidden=(32, 32)) for n in ("score-vp", "score-subvp", "score-ve")},
+    "discrete-fm": dict(dim=4, num_categories=3),
+    "sphere-fm": dict(dim=3),
 }
 # Expensive density evaluations (ODE solves) get a coarser grid.
 COARSE_GRID = {"ffjord": 140, **dict.fromkeys(("fm", "ot-fm", "vp-fm", "sb-fm", "rectified"), 71)}  # points per axis (default GRID_N; x = 0.3 falls mid-cell)
@@ -29,6 +31,10 @@ COARSE_GRID.update(dict.fromkeys(("score-vp", "score-subvp", "score-ve"), 71))
 # Policies are conditional-only models over action chunks [H, A] (the regression baseline has no
 # density at all): tests/test_policy.py checks their contract.
 NAMES = [n for n in pf.available_models() if not n.endswith("-policy")]
+# Models on categorical sequences or on manifolds (their class says so with a ``support`` other
+# than Euclidean) do not take real vectors in R^D: tests/test_discrete.py and
+# tests/test_manifolds.py run their equivalent of this suite.
+NAMES = [n for n in NAMES if getattr(pf.registry.entry(n).factory, "support", "euclidean") == "euclidean"]
 
 
 def _kwargs(name: str) -> dict:

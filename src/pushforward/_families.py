@@ -13,5 +13,7 @@ for _mod in (
     "pushforward.matching.models",
     "pushforward.matching.rectified",
     "pushforward.policy",
+    "pushforward.discrete.models",
+    "pushforward.manifolds.models",
 ):
     importlib.import_module(_mod)

@@ -19,6 +19,7 @@ Modules: :mod:`~pushforward.viz.density`, :mod:`~pushforward.viz.samples`,
 from pushforward.viz.animation import animate_flow, flow_frames
 from pushforward.viz.density import plot_density
 from pushforward.viz.fields import plot_grid_deformation, plot_hist_over_time, plot_quiver, plot_trajectories
+from pushforward.viz.manifolds import plot_sphere, plot_torus
 from pushforward.viz.plots import plots_for
 from pushforward.viz.samples import plot_samples
 from pushforward.viz.training import plot_training_curves
@@ -31,6 +32,8 @@ __all__ = [
     "plot_hist_over_time",
     "plot_quiver",
     "plot_samples",
+    "plot_sphere",
+    "plot_torus",
     "plot_trajectories",
     "plot_training_curves",
     "plots_for",
