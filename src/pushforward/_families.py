@@ -12,6 +12,7 @@ for _mod in (
     "pushforward.score.model",
     "pushforward.matching.models",
     "pushforward.matching.rectified",
+    "pushforward.matching.fewstep",
     "pushforward.policy",
 ):
     importlib.import_module(_mod)
