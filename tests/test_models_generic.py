@@ -22,10 +22,14 @@ SPECIAL = {
     **{n: dict(dim=2, hidden=(32, 32)) for n in ("fm", "ot-fm", "vp-fm", "sb-fm", "rectified")},
     # Score models: a narrower field keeps the exact-divergence PF-ODE densities on the grid cheap.
     **{n: dict(dim=2, hidden=(32, 32)) for n in ("score-vp", "score-subvp", "score-ve")},
+    # Few-step models: the sampler-vs-density check needs the ODE sampler (an untrained network's
+    # one-step map is not its ODE's flow map; tests/test_fewstep.py checks both views).
+    **{n: dict(dim=2, hidden=(32, 32), sampler="ode") for n in ("meanflow", "shortcut", "consistency")},
 }
 # Expensive density evaluations (ODE solves) get a coarser grid.
 COARSE_GRID = {"ffjord": 140, **dict.fromkeys(("fm", "ot-fm", "vp-fm", "sb-fm", "rectified"), 71)}  # points per axis (default GRID_N; x = 0.3 falls mid-cell)
 COARSE_GRID.update(dict.fromkeys(("score-vp", "score-subvp", "score-ve"), 71))
+COARSE_GRID.update(dict.fromkeys(("meanflow", "shortcut", "consistency"), 71))
 # Policies are conditional-only models over action chunks [H, A] (the regression baseline has no
 # density at all): tests/test_policy.py checks their contract.
 NAMES = [n for n in pf.available_models() if not n.endswith("-policy")]
