@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-
 from collections.abc import Sequence
 
 import torch
