@@ -24,10 +24,14 @@ SPECIAL = {
     **{n: dict(dim=2, hidden=(32, 32)) for n in ("score-vp", "score-subvp", "score-ve")},
     "discrete-fm": dict(dim=4, num_categories=3),
     "sphere-fm": dict(dim=3),
+    # Few-step models: the sampler-vs-density check needs the ODE sampler (an untrained network's
+    # one-step map is not its ODE's flow map; tests/test_fewstep.py checks both views).
+    **{n: dict(dim=2, hidden=(32, 32), sampler="ode") for n in ("meanflow", "shortcut", "consistency")},
 }
 # Expensive density evaluations (ODE solves) get a coarser grid.
 COARSE_GRID = {"ffjord": 140, **dict.fromkeys(("fm", "ot-fm", "vp-fm", "sb-fm", "rectified"), 71)}  # points per axis (default GRID_N; x = 0.3 falls mid-cell)
 COARSE_GRID.update(dict.fromkeys(("score-vp", "score-subvp", "score-ve"), 71))
+COARSE_GRID.update(dict.fromkeys(("meanflow", "shortcut", "consistency"), 71))
 # Policies are conditional-only models over action chunks [H, A] (the regression baseline has no
 # density at all): tests/test_policy.py checks their contract.
 NAMES = [n for n in pf.available_models() if not n.endswith("-policy")]

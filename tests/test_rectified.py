@@ -90,3 +90,65 @@ def test_reflow_of_a_built_model_keeps_a_loadable_config(tmp_path):
     x = torch.randn(4, 2)
     with torch.no_grad():
         assert torch.allclose(again.velocity(x, 0.5), new.velocity(x, 0.5))
+
+
+# ------------------------------------------------------------------ the staged recipe in pf.fit
+def _recipe(**kw):
+    torch.manual_seed(0)
+    return pf.build("rectified", dim=2, hidden=(32, 32), reflow_pairs=1000, **kw)
+
+
+def test_fit_runs_the_whole_recipe_in_its_budget():
+    model = _recipe(distill=True)
+    h = pf.fit(model, _target(2000, 0), steps=200, progress=False)
+    # Default split: 1-RF half the budget, reflow and distillation a quarter each.
+    assert [(s["stage"], s["step"]) for s in h["stages"]] == [("reflow-2", 100), ("distill", 150)]
+    assert h.steps == 200 and model.fit_stage == 2 and model.pairs_x0.shape == (1000, 2)
+    # The reflow pairs are the flow's own: x_1 is data-like, x_0 the base noise.
+    model.sample(7)
+    assert model.nfe == 1  # a distilled model samples in one step by default
+    assert model.stage_names() == ["1-rf", "reflow-2", "distill"]
+
+
+def test_reflow_rounds_zero_is_plain_rectified_flow():
+    model = _recipe(reflow_rounds=0)
+    h = pf.fit(model, _target(1000, 0), steps=30, progress=False)
+    assert "stages" not in h and model.fit_stage == 0 and model.pairs_x0.numel() == 0
+
+
+def test_resuming_resumes_the_stage(tmp_path):
+    x = _target(2000, 1)
+    straight = _recipe(budget_split=(0.4, 0.6))
+    h_straight = pf.fit(straight, x, steps=120, progress=False, val_fraction=0)
+    first = _recipe(budget_split=(0.4, 0.6))
+    pf.fit(first, x, steps=120, progress=False, val_fraction=0, out_dir=tmp_path,
+           callback=lambda step, rec: step >= 80, log_every=10)
+    assert first.fit_stage == 1  # stopped inside reflow
+    again = _recipe(budget_split=(0.4, 0.6))
+    h = pf.fit(again, x, steps=40, progress=False, val_fraction=0, resume=tmp_path, log_every=10)
+    def entries(hist):
+        return [(s["stage"], s["step"]) for s in hist["stages"]]
+
+    assert again.fit_stage == 1 and entries(h) == entries(h_straight) == [("reflow-2", 48)]
+    torch.testing.assert_close(again.pairs_x1, straight.pairs_x1)
+    for a, b in zip(again.parameters(), straight.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_recipe_state_survives_save_and_load(tmp_path):
+    model = _recipe()
+    pf.fit(model, _target(1000, 0), steps=20, progress=False)
+    pf.save(model, tmp_path / "m.pt")
+    again = pf.load(tmp_path / "m.pt")
+    assert again.fit_stage == 1
+    torch.testing.assert_close(again.pairs_x0, model.pairs_x0)
+
+
+@pytest.mark.parametrize(("bad", "match"), [({"budget_split": (0.5, 0.3)}, "budget_split"),
+                                            ({"budget_split": (1.0,)}, "budget_split"),
+                                            ({"reflow_rounds": -1}, "reflow_rounds"),
+                                            ({"reflow_pairs": 0}, "reflow_pairs"),
+                                            ({"pair_solver": "rk45"}, "pair_solver")])
+def test_bad_recipe_options_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        pf.build("rectified", dim=2, **bad)

@@ -96,6 +96,9 @@ def test_08_rectified_flow(tmp_path):
     assert s2 < 0.5 * s1
     # Reflow improves one-step sampling.
     assert res["w2"]["2-rectified"][0] < res["w2"]["1-rectified"][0]
+    # Every few-step model beats the 1-rectified flow's one Euler step.
+    for name, w2 in res["few"].items():
+        assert w2[0] < res["w2"]["1-rectified"][0], (name, w2)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ for _mod in (
     "pushforward.score.model",
     "pushforward.matching.models",
     "pushforward.matching.rectified",
+    "pushforward.matching.fewstep",
     "pushforward.policy",
     "pushforward.discrete.models",
     "pushforward.manifolds.models",

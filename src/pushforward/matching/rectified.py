@@ -16,30 +16,169 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from pushforward.continuous.ode import odeint
-from pushforward.matching.couplings import IndependentCoupling
+from pushforward._validate import check_choice, check_positive_int
+from pushforward.continuous.ode import SOLVERS, odeint
+from pushforward.matching.couplings import IndependentCoupling, PairCoupling
 from pushforward.matching.models import FlowMatching
+from pushforward.matching.time_samplers import TimeSampler
 from pushforward.registry import register
 
 
 class RectifiedFlow(FlowMatching):
-    """1-rectified flow (Liu et al. 2023): :class:`FlowMatching` on the straight path only.
+    """Rectified flow (Liu et al. 2023): :class:`FlowMatching` on the straight path, with the whole
+    recipe inside one :func:`pushforward.fit` budget.
 
-    Same options as :class:`FlowMatching`; ``path`` must be ``"ot"`` with ``sigma_min = 0``.
-    Registered as ``rectified`` with Euler sampling (32 steps) by default;
-    :func:`reflow` returns the next rectified flow trained on the model's own noise/data pairs,
-    :func:`distill` a one-step generator.
+    ``pf.fit(model, x, max_time=T | steps=S)`` runs the stages of :meth:`fit_stages`
+    (``pushforward.train.stages``): ``1-rf`` (flow matching on the data), then ``reflow_rounds``
+    rounds ``reflow-k`` (at the stage's start ``reflow_pairs`` noise/data pairs are drawn from the
+    model's own ODE, :func:`generate_pairs`, and the model, warm-started, trains on them with the
+    straight-path loss), then, with ``distill=True``, ``distill`` (one-step regression
+    ``v(x_0, 0) -> x_1 - x_0`` on fresh pairs; afterwards ``sample(n)`` takes one Euler step).
+    ``budget_split`` gives the stages' shares of the budget (default: 1-RF 0.5, the rest split
+    evenly); pair generation is paid from the stage it starts. A resumed run continues its stage
+    (the pairs and the stage index are part of the model's state).
+
+    Options as :class:`FlowMatching` (``path`` must be ``"ot"`` with ``sigma_min = 0``), plus:
+
+    Args:
+        reflow_rounds: reflow rounds after 1-RF (0: plain 1-rectified flow).
+        distill: end with one-step distillation.
+        budget_split: the stages' fractions (as many as stages, summing to 1) or None.
+        reflow_pairs: pairs drawn at each reflow/distillation stage.
+        pair_solver, pair_steps: the ODE solver of the pairs (default adaptive ``dopri5``, 1e-4).
+
+    Registered as ``rectified`` (Euler, 32 steps by default, one reflow round); the functions
+    :func:`reflow`, :func:`distill` do the same steps by hand.
     """
 
     straight_path_only = True
 
+    def __init__(
+        self,
+        dim: int | Sequence[int] | None = None,
+        context_dim: int = 0,
+        image_shape: Sequence[int] | None = None,
+        *,
+        net: nn.Module | None = None,
+        path: str = "ot",
+        sigma_min: float = 0.0,
+        sigma: float = 0.5,
+        coupling: str | PairCoupling = "independent",
+        ot_block: int | None = 32,
+        ot_reg: float = 0.05,
+        by_context: bool = False,
+        time_sampler: str | TimeSampler = "uniform",
+        hidden: Sequence[int] = (128, 128, 128),
+        time_embed: int = 32,
+        activation: str = "silu",
+        width: int = 32,
+        cond_drop: float = 0.0,
+        guidance: float = 1.0,
+        steps: int = 16,
+        solver: str = "midpoint",
+        logprob_solver: str = "dopri5",
+        reflow_rounds: int = 1,
+        distill: bool = False,
+        budget_split: Sequence[float] | None = None,
+        reflow_pairs: int = 10_000,
+        pair_solver: str = "dopri5",
+        pair_steps: int | None = None,
+    ):
+        super().__init__(dim, context_dim, image_shape, net=net, path=path, sigma_min=sigma_min, sigma=sigma,
+                         coupling=coupling, ot_block=ot_block, ot_reg=ot_reg, by_context=by_context,
+                         time_sampler=time_sampler, hidden=hidden, time_embed=time_embed, activation=activation,
+                         width=width, cond_drop=cond_drop, guidance=guidance, steps=steps, solver=solver,
+                         logprob_solver=logprob_solver)
+        if isinstance(reflow_rounds, bool) or not isinstance(reflow_rounds, int) or reflow_rounds < 0:
+            raise ValueError(f"reflow_rounds must be an int >= 0, got {reflow_rounds!r}")
+        check_choice(pair_solver, SOLVERS, "pair_solver")
+        self.reflow_rounds, self.distill_stage = reflow_rounds, bool(distill)
+        self.reflow_pairs = check_positive_int(reflow_pairs, "reflow_pairs")
+        self.pair_solver, self.pair_steps = pair_solver, pair_steps
+        names = self.stage_names()
+        if budget_split is None:
+            rest = len(names) - 1
+            budget_split = [1.0] if rest == 0 else [0.5] + [0.5 / rest] * rest
+        split = [float(f) for f in budget_split]
+        if len(split) != len(names) or any(not f > 0 for f in split) or abs(sum(split) - 1) > 1e-6:
+            raise ValueError(f"budget_split must be {len(names)} fractions > 0 summing to 1 for the stages "
+                             f"{names}, got {budget_split!r}")
+        self.budget_split = split
+        # The recipe's state, saved with the model: the stage and the current stage's pairs.
+        self.register_buffer("_fit_stage", torch.zeros((), dtype=torch.long))
+        for name in ("pairs_x0", "pairs_x1", "pairs_c"):
+            self.register_buffer(name, torch.zeros(0))
+
+    # ----------------------------------------------------------------- the staged recipe
+    def stage_names(self) -> list[str]:
+        """``["1-rf", "reflow-2", ..., ("distill")]`` (reflow-k trains the k-rectified flow)."""
+        return (["1-rf"] + [f"reflow-{k + 2}" for k in range(self.reflow_rounds)]
+                + (["distill"] if self.distill_stage else []))
+
+    def fit_stages(self) -> list[tuple[str, float]]:
+        """The stages and their budget fractions (the ``pf.fit`` hook, ``pushforward.train.stages``)."""
+        return list(zip(self.stage_names(), self.budget_split))
+
+    @property
+    def fit_stage(self) -> int:
+        """The index of the stage the model is in (0: 1-RF)."""
+        return int(self._fit_stage)
+
+    @fit_stage.setter
+    def fit_stage(self, value: int) -> None:
+        self._fit_stage.fill_(int(value))
+
+    @torch.no_grad()
+    def begin_stage(self, index: int, name: str, draw) -> None:
+        """Draw ``reflow_pairs`` pairs of the current flow (contexts from ``draw()`` batches)."""
+        context = None
+        if self.context_dim:
+            cs, n = [], 0
+            while n < self.reflow_pairs:
+                _, cb = draw()
+                cs.append(cb)
+                n += cb.shape[0]
+            context = torch.cat(cs)[:self.reflow_pairs]
+        was = self.training
+        self.eval()
+        x0, x1 = generate_pairs(self, self.reflow_pairs, context, solver=self.pair_solver, steps=self.pair_steps)
+        self.train(was)
+        self.pairs_x0, self.pairs_x1 = x0, x1
+        self.pairs_c = context if context is not None else torch.zeros(0, device=x0.device, dtype=x0.dtype)
+        if name != "distill":
+            self.reflow_round = index + 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The pairs' shapes are the saved ones (empty in a freshly built model).
+        for name in ("pairs_x0", "pairs_x1", "pairs_c"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _loss(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if self.fit_stage == 0 or self.pairs_x0.numel() == 0:
+            return super()._loss(x, context)
+        idx = torch.randint(0, self.pairs_x0.shape[0], (x.shape[0],), device=self.pairs_x0.device)
+        x0, x1 = self.pairs_x0[idx], self.pairs_x1[idx]
+        c = self.pairs_c[idx] if self.pairs_c.numel() else None
+        if self.stage_names()[self.fit_stage] == "distill":
+            t = x0.new_zeros(x0.shape[0])
+            return (self.velocity_field(c, guidance=1.0).velocity(x0, t) - (x1 - x0)).pow(2).mean()
+        return self.paired_loss(x0, x1, c)
+
+    def _sample(self, n, context, generator=None, steps=None, solver=None, **options):
+        if steps is None and solver is None and self.distill_stage and self.fit_stage == len(self.stage_names()) - 1:
+            steps, solver = 1, "euler"  # a distilled model is a one-step generator
+        return super()._sample(n, context, generator, steps=steps, solver=solver, **options)
+
 
 register("rectified", RectifiedFlow,
-         "Rectified flow (Liu et al. 2023): straight path; use pf.matching.reflow to straighten",
+         "Rectified flow (Liu et al. 2023): straight path; pf.fit runs 1-RF then reflow (2-RF)",
          preset={"solver": "euler", "steps": 32})
 
 

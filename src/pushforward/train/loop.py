@@ -27,6 +27,7 @@ from pushforward.train.data import make_data
 from pushforward.train.run import LAST, RunDir
 from pushforward.train.schedule import LRSchedule
 from pushforward.train.sinks import make_sinks
+from pushforward.train.stages import Stages
 from pushforward.train.state import (
     EMA,
     History,
@@ -310,6 +311,8 @@ class _Trainer:
         self.sinks = make_sinks(self.run, self.history.records(), start, horizon, cfg.max_time,
                                 cfg.progress, cfg.tensorboard, self.main)
         self.rollback = Rollback(self.model, self.ema, cfg.explode_factor, cfg.explode_window, start)
+        # A staged recipe (train/stages.py): the model says its stages, the loop enters them.
+        self.stages = Stages(self.model, horizon, self.stop.horizon_time) if hasattr(self.model, "fit_stages") else None
 
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> History:
@@ -337,7 +340,10 @@ class _Trainer:
                     break
 
                 phase = "compute"
-                self.schedule.apply(opt, self.step, self.elapsed)
+                if self.stages is None:
+                    self.schedule.apply(opt, self.step, self.elapsed)
+                else:
+                    self._stage()
                 xb, cb, n_global = self.data.source.next()
                 with self.precision.autocast():
                     loss = self.loss_fn(xb, cb).float()
@@ -378,6 +384,18 @@ class _Trainer:
                 return None
             got = self.sync.any(got, self.device)
         return "interrupted" if got else None
+
+    def _stage(self) -> None:
+        """Enter the stage of this moment (a new stage restarts the schedule and the validation best)."""
+        def draw():
+            xb, cb, _ = self.data.source.next()
+            return xb, cb
+
+        entered, local = self.stages.enter(self.step, self.elapsed, draw, self.history,
+                                           announce=self.main and bool(self.config.progress))
+        if entered:
+            self.evaluator.best, self.evaluator.bad_evals = None, 0
+        self.schedule.apply(self.opt, *self.stages.local_clock(local))
 
     def _log_due(self, due_eval: bool, reason: str | None) -> bool:
         last_logged = self.history["step"][-1] if self.history["step"] else -1
