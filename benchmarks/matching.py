@@ -120,7 +120,7 @@ def run_ours_2rf(x_train, budget, dim, loc, scale):
     ``RF1_SHARE`` of the budget, its own noise/data pairs by an accurate adaptive solve (dopri5,
     1e-4), then ``pf.matching.reflow`` (warm start) on them for the rest."""
     start = time.perf_counter()
-    model = pf.build("rectified", dim=dim, hidden=HIDDEN)
+    model = pf.build("rectified", dim=dim, hidden=HIDDEN, reflow_rounds=0)  # the recipe by hand below
     hist = pf.fit(model, x_train, max_time=RF1_SHARE * budget, batch_size=BATCH, lr=LR, seed=0, progress=False,
                   val_fraction=0.0)
     model.eval()
@@ -340,7 +340,7 @@ def coupling_costs(target, seed=0) -> list[dict]:
 def reflow_rounds(target, budget, n_eval, ref) -> list[dict]:
     """1-, 2-, 3-rectified flow (independent coupling) and a distilled one-step model."""
     x_train = target.sample(20000, generator=torch.Generator().manual_seed(7)).float()
-    model = pf.build("rectified", dim=x_train.shape[1], hidden=HIDDEN)
+    model = pf.build("rectified", dim=x_train.shape[1], hidden=HIDDEN, reflow_rounds=0)
     pf.fit(model, x_train, max_time=budget, batch_size=BATCH, lr=LR, seed=0, progress=False, val_fraction=0.0)
     model.eval()
     x0 = torch.randn(1000, x_train.shape[1], generator=torch.Generator().manual_seed(3))
