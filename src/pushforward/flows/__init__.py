@@ -15,6 +15,11 @@ module              classes                                         names
 ``elementary``      :class:`PlanarFlow`, :class:`RadialFlow`,        ``planar``, ``radial``,
                     :class:`ResidualFlow`, :class:`CDFFlow`          ``residual``, ``cdf``
 ``glow``            :class:`GlowFlow`                               ``glow``
+``neural``          :class:`NeuralAutoregressiveFlow`,              ``naf``, ``unaf``
+                    :class:`UnconstrainedNeuralAutoregressiveFlow`
+``polynomial``      :class:`BernsteinFlow`                          ``bernstein``
+``circular``        :class:`CircularSplineFlow`                     ``circular-nsf``
+``tarflow``         :class:`TarFlow`                                ``tarflow``
 ==================  ==============================================  =========================
 """
 
@@ -24,8 +29,17 @@ from pushforward.flows.coupling import NICE, CouplingFlow, RealNVP
 from pushforward.flows.elementary import CDFFlow, PlanarFlow, RadialFlow, ResidualFlow
 from pushforward.flows.glow import GlowFlow
 from pushforward.flows.spline import NeuralSplineFlow
+from pushforward.flows.neural import NeuralAutoregressiveFlow, UnconstrainedNeuralAutoregressiveFlow
+from pushforward.flows.polynomial import BernsteinFlow
+from pushforward.flows.circular import CircularSplineFlow
+from pushforward.flows.tarflow import TarFlow
 
 __all__ = [
+    "BernsteinFlow",
+    "CircularSplineFlow",
+    "NeuralAutoregressiveFlow",
+    "TarFlow",
+    "UnconstrainedNeuralAutoregressiveFlow",
     "IAF",
     "MAF",
     "NICE",

@@ -33,8 +33,18 @@ from pushforward.transforms.planar import Planar, Radial
 from pushforward.transforms.preprocess import Logit, ScaleToUnit
 from pushforward.transforms.residual import ResidualBlock, ScaleShift
 from pushforward.transforms.splines import RationalQuadraticSpline
+from pushforward.transforms.circular import CircularCoupling, CircularSpline
+from pushforward.transforms.neural import MonotoneIntegral, SigmoidalMap
+from pushforward.transforms.polynomial import BernsteinPolynomial
+from pushforward.transforms.tarflow import TarFlowBlock
 
 __all__ = [
+    "BernsteinPolynomial",
+    "CircularCoupling",
+    "CircularSpline",
+    "MonotoneIntegral",
+    "SigmoidalMap",
+    "TarFlowBlock",
     "Additive",
     "Affine",
     "Chain",
