@@ -25,13 +25,13 @@ module              classes                                         names
 
 from pushforward.flows.autoregressive import IAF, MAF, AutoregressiveFlow
 from pushforward.flows.base import NormalizingFlow
+from pushforward.flows.circular import CircularSplineFlow
 from pushforward.flows.coupling import NICE, CouplingFlow, RealNVP
 from pushforward.flows.elementary import CDFFlow, PlanarFlow, RadialFlow, ResidualFlow
 from pushforward.flows.glow import GlowFlow
-from pushforward.flows.spline import NeuralSplineFlow
 from pushforward.flows.neural import NeuralAutoregressiveFlow, UnconstrainedNeuralAutoregressiveFlow
 from pushforward.flows.polynomial import BernsteinFlow
-from pushforward.flows.circular import CircularSplineFlow
+from pushforward.flows.spline import NeuralSplineFlow
 from pushforward.flows.tarflow import TarFlow
 
 __all__ = [

@@ -16,8 +16,6 @@ prefix (``T`` single-token steps instead of ``T`` growing passes).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
