@@ -18,6 +18,11 @@ import pushforward as pf
 SPECIAL = {
     "cdf": dict(dim=1),
     "glow": dict(image_shape=(1, 4, 4)),
+    "tarflow": dict(image_shape=(1, 4, 4), blocks=2, layers=1, width=16, heads=2),
+    # Bisection/quadrature inverses: small conditioners keep the 20000-sample checks quick.
+    "naf": dict(dim=2, hidden=(16, 16), transforms=2),
+    "unaf": dict(dim=2, hidden=(16, 16), transforms=2, integrand=(8,), nodes=8),
+    "bernstein": dict(dim=2, hidden=(16, 16), transforms=2, degree=8),
     # Flow matching: a narrower field keeps the exact-divergence ODE densities on the grid cheap.
     **{n: dict(dim=2, hidden=(32, 32)) for n in ("fm", "ot-fm", "vp-fm", "sb-fm", "rectified")},
     # Score models: a narrower field keeps the exact-divergence PF-ODE densities on the grid cheap.
@@ -32,6 +37,7 @@ SPECIAL = {
 COARSE_GRID = {"ffjord": 140, **dict.fromkeys(("fm", "ot-fm", "vp-fm", "sb-fm", "rectified"), 71)}  # points per axis (default GRID_N; x = 0.3 falls mid-cell)
 COARSE_GRID.update(dict.fromkeys(("score-vp", "score-subvp", "score-ve"), 71))
 COARSE_GRID.update(dict.fromkeys(("meanflow", "shortcut", "consistency"), 71))
+COARSE_GRID.update(dict.fromkeys(("naf", "unaf", "bernstein"), 140))
 # Policies are conditional-only models over action chunks [H, A] (the regression baseline has no
 # density at all): tests/test_policy.py checks their contract.
 NAMES = [n for n in pf.available_models() if not n.endswith("-policy")]
@@ -39,6 +45,9 @@ NAMES = [n for n in pf.available_models() if not n.endswith("-policy")]
 # than Euclidean) do not take real vectors in R^D: tests/test_discrete.py and
 # tests/test_manifolds.py run their equivalent of this suite.
 NAMES = [n for n in NAMES if getattr(pf.registry.entry(n).factory, "support", "euclidean") == "euclidean"]
+# Models on the flat torus: data are angles in [-pi, pi), the density integrates to 1 over that box.
+PERIODIC = {"circular-nsf"}
+IMAGE = {"glow", "tarflow"}
 
 
 def _kwargs(name: str) -> dict:
@@ -64,8 +73,10 @@ def _make(name: str, context_dim: int = 0, perturb: float = 0.05, seed: int = 0)
 def _data(name: str, n: int = 8, seed: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     shape = _event_shape(name)
-    if name == "glow":
+    if name in IMAGE:
         return torch.randint(0, 256, (n, *shape), generator=g).double()
+    if name in PERIODIC:
+        return (torch.rand((n, *shape), generator=g, dtype=torch.float64) * 2 - 1) * math.pi
     return torch.randn((n, *shape), generator=g, dtype=torch.float64)
 
 
@@ -197,8 +208,8 @@ GRID_L, GRID_N = 7.0, 351
 TWO_D = [n for n in NAMES if _event_shape(n) == (2,)]
 
 
-def _grid(dtype=torch.float64, n=GRID_N):
-    u = torch.linspace(-GRID_L, GRID_L, n, dtype=dtype)
+def _grid(dtype=torch.float64, n=GRID_N, half_width=GRID_L):
+    u = torch.linspace(-half_width, half_width, n, dtype=dtype)
     xx, yy = torch.meshgrid(u, u, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1), (u[1] - u[0]).item()
 
@@ -206,7 +217,13 @@ def _grid(dtype=torch.float64, n=GRID_N):
 @pytest.mark.parametrize("name", TWO_D)
 def test_density_integrates_to_one_and_matches_sampler(name):
     model = _make(name, perturb=0.05)
-    pts, h = _grid(n=COARSE_GRID.get(name, GRID_N))
+    periodic = name in PERIODIC
+    # On the torus: a cell-centred grid of [-pi, pi)^2 (the density is periodic, not decaying).
+    pts, h = _grid(n=COARSE_GRID.get(name, GRID_N), half_width=GRID_L)
+    if periodic:
+        u = (torch.arange(200, dtype=torch.float64) + 0.5) / 200 * 2 * math.pi - math.pi
+        xx, yy = torch.meshgrid(u, u, indexing="ij")
+        pts, h = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1), 2 * math.pi / 200
     with torch.no_grad():
         dens = torch.cat([model.log_prob(chunk).exp() for chunk in pts.split(20000)])
     total = float(dens.sum() * h * h)

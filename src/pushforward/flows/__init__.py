@@ -15,17 +15,31 @@ module              classes                                         names
 ``elementary``      :class:`PlanarFlow`, :class:`RadialFlow`,        ``planar``, ``radial``,
                     :class:`ResidualFlow`, :class:`CDFFlow`          ``residual``, ``cdf``
 ``glow``            :class:`GlowFlow`                               ``glow``
+``neural``          :class:`NeuralAutoregressiveFlow`,              ``naf``, ``unaf``
+                    :class:`UnconstrainedNeuralAutoregressiveFlow`
+``polynomial``      :class:`BernsteinFlow`                          ``bernstein``
+``circular``        :class:`CircularSplineFlow`                     ``circular-nsf``
+``tarflow``         :class:`TarFlow`                                ``tarflow``
 ==================  ==============================================  =========================
 """
 
 from pushforward.flows.autoregressive import IAF, MAF, AutoregressiveFlow
 from pushforward.flows.base import NormalizingFlow
+from pushforward.flows.circular import CircularSplineFlow
 from pushforward.flows.coupling import NICE, CouplingFlow, RealNVP
 from pushforward.flows.elementary import CDFFlow, PlanarFlow, RadialFlow, ResidualFlow
 from pushforward.flows.glow import GlowFlow
+from pushforward.flows.neural import NeuralAutoregressiveFlow, UnconstrainedNeuralAutoregressiveFlow
+from pushforward.flows.polynomial import BernsteinFlow
 from pushforward.flows.spline import NeuralSplineFlow
+from pushforward.flows.tarflow import TarFlow
 
 __all__ = [
+    "BernsteinFlow",
+    "CircularSplineFlow",
+    "NeuralAutoregressiveFlow",
+    "TarFlow",
+    "UnconstrainedNeuralAutoregressiveFlow",
     "IAF",
     "MAF",
     "NICE",

@@ -12,6 +12,7 @@ from pushforward.transforms.autoregressive import (
 )
 from pushforward.transforms.base import Compose, FixedAffine, Identity, Inverse, Transform
 from pushforward.transforms.cdf import MixtureCDF
+from pushforward.transforms.circular import CircularCoupling, CircularSpline
 from pushforward.transforms.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -29,12 +30,21 @@ from pushforward.transforms.glow import (
     Squeeze,
 )
 from pushforward.transforms.linear import ActNorm, LULinear, Permutation
+from pushforward.transforms.neural import MonotoneIntegral, SigmoidalMap
 from pushforward.transforms.planar import Planar, Radial
+from pushforward.transforms.polynomial import BernsteinPolynomial
 from pushforward.transforms.preprocess import Logit, ScaleToUnit
 from pushforward.transforms.residual import ResidualBlock, ScaleShift
 from pushforward.transforms.splines import RationalQuadraticSpline
+from pushforward.transforms.tarflow import TarFlowBlock
 
 __all__ = [
+    "BernsteinPolynomial",
+    "CircularCoupling",
+    "CircularSpline",
+    "MonotoneIntegral",
+    "SigmoidalMap",
+    "TarFlowBlock",
     "Additive",
     "Affine",
     "Chain",
