@@ -14,7 +14,8 @@ from pushforward.registry import available_models, build, describe_models, regis
 __version__ = "0.1.0"
 
 _LAZY_FUNCS = {"fit": ("pushforward.train", "fit"), "evaluate": ("pushforward.metrics", "evaluate")}
-_LAZY_MODULES = ("data", "metrics", "viz", "train", "nets", "continuous", "matching", "score", "policy")
+_LAZY_MODULES = ("data", "metrics", "viz", "train", "nets", "continuous", "matching", "score", "policy",
+                 "posterior", "diagnostics")
 
 
 def __getattr__(name: str):

@@ -20,7 +20,8 @@ rows). Results are float64 NumPy arrays.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -25,7 +25,8 @@ standardization), so ``log_prob`` is in the user's units.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
