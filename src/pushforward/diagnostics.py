@@ -61,16 +61,20 @@ def posterior_draws(posterior, x: Any, n_samples: int, seed: int = 0, batch: int
     check_int_range(n_samples, "n_samples")
     x = _as2d(x, "x")
     like = _like(posterior)
-    torch.manual_seed(seed)
     g = torch.Generator(device=like.get("device", "cpu")).manual_seed(seed)
     ctx = x.to(**like).repeat_interleave(n_samples, 0)
     out = []
-    for lo in range(0, ctx.shape[0], batch):
-        c = ctx[lo: lo + batch]
-        try:
-            out.append(posterior.sample(c.shape[0], c, generator=g).cpu())
-        except TypeError:  # samplers without a generator argument: the global seed above
-            out.append(posterior.sample(c.shape[0], c).cpu())
+    dev = like.get("device", torch.device("cpu"))
+    # samplers without a generator argument draw from the global RNG: seed it inside a fork, so
+    # the caller's random state is left as it was
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for lo in range(0, ctx.shape[0], batch):
+            c = ctx[lo: lo + batch]
+            try:
+                out.append(posterior.sample(c.shape[0], c, generator=g).cpu())
+            except TypeError:
+                out.append(posterior.sample(c.shape[0], c).cpu())
     s = torch.cat(out)
     return s.reshape(x.shape[0], n_samples, -1).double()
 
