@@ -169,6 +169,8 @@ def markdown(rows: list[dict], header: str) -> str:
             note = f"{r['epochs']} epochs"
         elif r.get("steps") is not None:
             note = f"{r['steps']} steps"
+        if r.get("error") and note != r["error"]:
+            note += f"; SBC not measured ({r['error'][:60]})"
         per = ", ".join(f"{s:.3f}" for s in r.get("c2st_per_obs", []))
         lines.append(f"| {r['task']} | {r['sims']} | {r['contender']} | {r.get('c2st', float('nan')):.3f} | {per} | "
                      f"{r.get('sbc_min_p', float('nan')):.3f} | {r.get('train_s', float('nan')):.0f} | {note} |")
