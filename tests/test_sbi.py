@@ -310,8 +310,10 @@ def test_posterior_nn_follows_sbis_estimator_interface(name):
 
 
 @pytest.mark.filterwarnings("ignore:Maximum number of epochs")
-def test_npe_and_nle_train_with_the_plug_in():
+def test_npe_and_nle_train_with_the_plug_in(tmp_path, monkeypatch):
     from sbi.inference import NLE, NPE
+
+    monkeypatch.chdir(tmp_path)  # sbi writes its TensorBoard logs to ./sbi-logs
 
     from pushforward.integrations.sbi import likelihood_nn, posterior_nn
 
