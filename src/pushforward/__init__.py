@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY_FUNCS = {"fit": ("pushforward.train", "fit"), "evaluate": ("pushforward.metrics", "evaluate")}
 _LAZY_MODULES = ("data", "metrics", "viz", "train", "nets", "continuous", "matching", "score", "policy",
-                 "discrete", "manifolds")
+                 "discrete", "manifolds", "posterior", "diagnostics")
 
 
 def __getattr__(name: str):

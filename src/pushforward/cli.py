@@ -5,7 +5,7 @@
     pushforward train MODEL --data DATA [--context COLS] [--n-points N] [--max-time S | --steps N]
                       [--out DIR] [--set key=value ...] [--config FILE] [--seed S] [--device D]
     pushforward resume DIR [--max-time S | --steps N] [--data DATA]
-    pushforward sample DIR -n N -o FILE(.npy|.csv) [--context VALUES|FILE]
+    pushforward sample DIR -n N -o FILE(.npy|.csv) [--context VALUES|FILE | --context-file FILE]
     pushforward eval DIR [--data DATA]        # one JSON line: nll, bpd, w2, ...
     pushforward plot DIR                      # PNGs (and a GIF) into DIR/plots/
     pushforward demo [--out DIR] [--max-time S] [--gallery]
@@ -647,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, required=True)
     s.add_argument("-o", "--output", required=True, help="FILE.npy or FILE.csv")
     s.add_argument("--context", help="conditional models: a JSON list (one row for all) or a .npy/.csv file")
+    s.add_argument("--context-file", dest="context", help="same as --context with a .npy/.csv file (e.g. an "
+                   "observation x_o for a posterior: one row for all samples, or one row per sample)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)

@@ -14,7 +14,9 @@ marginals exactly (sampling with replacement, used by Sinkhorn, keeps the data m
 - :class:`SinkhornCoupling`: entropic OT in torch (log domain, runs on the data's device); with
   ``reg = 2 sigma^2`` it is the Schrödinger-bridge coupling of SB-CFM.
 - ``by_context=True`` (both OT couplings): pairs only within rows sharing the same context
-  (class-conditional OT), so conditional models learn ``p(x | c)`` and not a mixture.
+  (class-conditional OT), so conditional models learn ``p(x | c)`` and not a mixture. With
+  continuous contexts (every row distinct, e.g. simulations in SBI) this is the independent
+  coupling: pairing noise with data across conditions would break the conditional law.
 
 Exact OT on a whole batch costs more than a network step, so :class:`OTCoupling` solves it in
 matched blocks: cells of a recursive median bisection of both sets along the data's principal
@@ -62,8 +64,13 @@ class PairCoupling:
                  generator: torch.Generator | None = None) -> Tensor:
         if x_0.shape != x_1.shape:
             raise ValueError(f"x_0 {list(x_0.shape)} and x_1 {list(x_1.shape)} must have the same shape")
+        groups = _groups(context if self.by_context else None, x_0.shape[0], x_0.device)
+        if len(groups) == x_0.shape[0]:
+            # Every context distinct (continuous conditions, as in SBI): nothing to pair within a
+            # condition, so the coupling is the independent one; skip n one-row solves.
+            return x_0
         idx = torch.empty(x_0.shape[0], dtype=torch.long, device=x_0.device)
-        for rows in _groups(context if self.by_context else None, x_0.shape[0], x_0.device):
+        for rows in groups:
             idx[rows] = rows[self.match(x_0[rows], x_1[rows], generator)]
         return x_0[idx]
 

@@ -110,6 +110,9 @@ class FlowMatching(ContinuousFlow):
         coupling: how noise and data are paired in a batch: ``independent``, ``ot``, ``sinkhorn``
             (options ``ot_block``, ``ot_reg``, ``by_context``, see :func:`make_coupling`) or a
             :class:`~pushforward.matching.PairCoupling`.
+        by_context: pair only rows with equal context (None, default: True for conditional
+            models with an OT/Sinkhorn coupling, so continuous conditions, as in SBI, keep the
+            independent pairing; False: minibatch OT across conditions).
         time_sampler: the training time density: ``uniform``, ``logit-normal``, ``beta`` (pi0)
             or a :class:`~pushforward.matching.TimeSampler`.
         cond_drop: probability of replacing the context by a learned null context in training
@@ -150,7 +153,7 @@ class FlowMatching(ContinuousFlow):
         coupling: str | PairCoupling = "independent",
         ot_block: int | None = 32,
         ot_reg: float = 0.05,
-        by_context: bool = False,
+        by_context: bool | None = None,
         time_sampler: str | TimeSampler = "uniform",
         hidden: Sequence[int] = (128, 128, 128),
         time_embed: int = 32,
@@ -178,6 +181,12 @@ class FlowMatching(ContinuousFlow):
         self.net = net if net is not None else _default_net(event_shape, context_dim, hidden, time_embed,
                                                             activation, width)
         self.path = make_path(path, sigma_min, sigma)
+        if by_context is None:
+            # Conditional models pair noise and data only within a condition: OT across
+            # conditions moves noise between observations and breaks the conditional law
+            # (two-moons SBI, C2ST: benchmarks/results/sbi_coupling.md).
+            by_context = bool(context_dim) and coupling in ("ot", "sinkhorn")
+            self.resolved_options["by_context"] = by_context
         self.coupling = make_coupling(coupling, self.path, ot_block=ot_block, ot_reg=ot_reg, by_context=by_context,
                                       context_dim=context_dim)
         self.time_sampler = get_time_sampler(time_sampler)
