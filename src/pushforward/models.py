@@ -13,6 +13,7 @@ units; this base class validates inputs and folds the data standardization
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Sequence
@@ -140,22 +141,63 @@ class FlowModel(nn.Module):
 FORMAT = "pushforward-model"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write
-    never leaves a truncated file at ``path``."""
+    never leaves a truncated file at ``path``.
+
+    The file gets the permissions of any other file the process creates (``0o666`` minus the
+    umask), not ``mkstemp``'s ``0o600``. A full disk raises ``OSError`` (``ENOSPC``) naming
+    ``path``; the previous file at ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "; the previous file there is kept" if path.exists() else ""
+            raise OSError(e.errno, f"no space left on device writing {str(path)!r}{kept}") from e
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror or e}") from e
         raise
+
+
+def read_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "pushforward file") -> Any:
+    """``torch.load(path)``, with an error that names the file when it cannot be read.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: ``path`` is empty, truncated, corrupt or not a ``torch.save`` file at all
+            ("'PATH' is not a readable WHAT (...)").
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no {what} at {str(p)!r}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{str(p)!r} is not a readable {what}: the file is empty")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=False)
+    except PermissionError:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # unpickling, zip and storage errors all mean "not this format"
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ValueError(f"{str(p)!r} is not a readable {what} (truncated, corrupt or another format: {why})") from None
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
@@ -172,23 +214,25 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
 
     Raises:
         FileNotFoundError: naming the missing path.
+        ValueError: the file is empty, truncated, corrupt or not a pushforward model.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved model at {str(path)!r}")
-    obj = torch.load(path, map_location=map_location, weights_only=False)
+    obj = read_torch_file(path, map_location, "pushforward model file")
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return load_from_payload(obj)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and obj["model"].get("format") == FORMAT:
         return load_from_payload(obj["model"])
-    raise ValueError(f"{str(path)!r} is not a pushforward model file")
+    raise ValueError(f"{str(path)!r} is not a pushforward model file (it holds a {type(obj).__name__} "
+                     "without a pushforward model)")
 
 
 def load_from_payload(obj: dict) -> nn.Module:
     """Rebuild a model from a payload dict as written by :func:`save` (used by checkpoints)."""
-    if obj.get("format") != FORMAT:
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError("not a pushforward model payload")
     if "module" in obj:
         return obj["module"]

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from pushforward.models import model_payload
+from pushforward.models import model_payload, read_torch_file
 from pushforward.train.run import LAST, RunDir
 from pushforward.train.state import EMA, swapped_in
 
@@ -35,11 +34,19 @@ def _resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a training checkpoint (``last.pt``/``best.pt`` or a run directory)."""
+    """Read a training checkpoint (``last.pt`` or a run directory, which means its ``last.pt``).
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: the file is empty, truncated, corrupt, or a ``.pt`` file of another kind,
+            naming the file.
+    """
     p = _resolve_checkpoint(path)
-    ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    ckpt = read_torch_file(p, map_location, "pushforward training checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(p)!r} is not a pushforward training checkpoint")
+        kind = ckpt.get("format") if isinstance(ckpt, dict) and isinstance(ckpt.get("format"), str) else None
+        what = f"a {kind!r} file" if kind else f"a {type(ckpt).__name__}"
+        raise ValueError(f"{str(p)!r} is not a pushforward training checkpoint (it holds {what})")
     return ckpt
 
 
