@@ -172,3 +172,21 @@ def test_zip_member_damage_is_reported_as_unreadable(tmp_path, saved):
     with pytest.raises(ValueError, match="is not a readable") as e:
         pf.load(bad)
     assert str(bad) in str(e.value)
+
+
+# ------------------------------------------------------------------ item 8: one dtype rule
+def test_fit_casts_int_and_bool_data_and_context_like_the_model_does():
+    """fit's data path follows the model's rule: every real input is cast to the model's dtype."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (128, 2), generator=g)
+    c = torch.randint(0, 2, (128, 1), generator=g).bool()
+    for data in (x, x.double(), x.numpy(), x > 0):
+        model = pf.build("realnvp", dim=2, context_dim=1, transforms=2, hidden=[8])
+        hist = pf.fit(model, data, c, steps=3, batch_size=32, standardize=False, val_fraction=0)
+        assert hist.steps == 3
+        with torch.no_grad():
+            xd = torch.as_tensor(data).to(torch.float32)
+            ref = model.log_prob(xd, c.float())
+            assert torch.equal(model.log_prob(torch.as_tensor(data), c), ref)
+    with pytest.raises(TypeError, match="real"):
+        model.log_prob(x.to(torch.complex64), c)

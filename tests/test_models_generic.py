@@ -148,7 +148,7 @@ def test_standardization_is_folded_into_log_prob_and_sample(name):
     assert (s.mean(0) - 3.0).abs().max() < 10.0  # samples live in user units
 
 
-@pytest.mark.parametrize("bad", ["dim", "nan", "inf", "rank", "dtype"])
+@pytest.mark.parametrize("bad", ["dim", "nan", "inf", "rank", "complex"])
 def test_bad_input_is_named(name, bad):
     model = _make(name)
     x = _data(name)
@@ -158,15 +158,26 @@ def test_bad_input_is_named(name, bad):
     elif bad == "rank":
         x = x[0]
         match = "shape"
-    elif bad == "dtype":
-        x = x.float()
-        match = "dtype"
+    elif bad == "complex":
+        x = x.to(torch.complex128)
+        match = "real"
     else:
         x = x.clone()
         x.view(-1)[3] = float("nan") if bad == "nan" else float("inf")
         match = "non-finite"
     with pytest.raises((ValueError, TypeError), match=match):
         model.log_prob(x)
+
+
+def test_every_real_dtype_is_cast_to_the_model_dtype(name):
+    """The one dtype rule (docs/conventions.md): float32, int64 and bool inputs are cast."""
+    model = _make(name)
+    x = _data(name)
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(x.float()), model.log_prob(x.float().double()))
+        xi = x.round().clamp(0, 1)  # in range for image models with bounded data
+        assert torch.equal(model.log_prob(xi.long()), model.log_prob(xi))
+        assert torch.equal(model.log_prob(xi.bool()), model.log_prob(xi))
 
 
 def test_build_errors():

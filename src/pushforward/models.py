@@ -79,14 +79,21 @@ class FlowModel(nn.Module):
         return torch.log(self.data_scale).sum()
 
     # ----------------------------------------------------------------- validation
+    def _as_model_dtype(self, t: Tensor | None, name: str) -> Tensor | None:
+        """The dtype rule (docs/conventions.md): every real tensor input (float of any width,
+        integer, bool) is cast to the model's dtype; complex tensors are refused."""
+        if not isinstance(t, Tensor):
+            return t
+        if t.is_complex():
+            raise TypeError(f"{name} must be real, got a tensor of dtype {t.dtype}")
+        dtype = self.data_loc.dtype
+        return t if t.dtype == dtype else t.to(dtype)
+
     def _check_x(self, x: Tensor, name: str = "x") -> Tensor:
-        p = next(self.parameters(), None)
-        if isinstance(x, Tensor) and p is not None and x.is_floating_point() and x.dtype != p.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
-                            f"use model.to({x.dtype}) or cast {name}")
-        return check_event(x, self.event_shape, name)
+        return check_event(self._as_model_dtype(x, name), self.event_shape, name)
 
     def _check_context(self, context: Tensor | None, n: int | None) -> Tensor | None:
+        context = self._as_model_dtype(context, "context")
         if context is not None and self.context_dim and isinstance(context, Tensor) and context.dim() == 1 and n is not None:
             context = context.expand(n, -1)
         return check_context(context, self.context_dim, n)
