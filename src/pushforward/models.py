@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pushforward._validate import check_context, check_event, check_finite
+from pushforward._validate import (
+    check_context,
+    check_dim,
+    check_event,
+    check_finite,
+    check_int_range,
+    checked_init,
+)
 
 
 class FlowModel(nn.Module):
@@ -43,11 +50,22 @@ class FlowModel(nn.Module):
     """
 
     standardize_by_default: bool = True
+    #: int constructor arguments that may be negative (every other one must be >= 0).
+    signed_arguments: frozenset = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        # One check for every model class: each int/float constructor argument is validated by
+        # the signature (type, sign, finiteness) before the class's own code touches it.
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = checked_init(cls.__dict__["__init__"])
 
     def __init__(self, event_shape: Sequence[int], context_dim: int = 0):
         super().__init__()
-        self.event_shape = tuple(int(s) for s in event_shape)
-        self.context_dim = int(context_dim)
+        if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Sequence):
+            raise TypeError(f"event_shape must be a sequence of positive integers, got {event_shape!r}")
+        self.event_shape = tuple(check_dim(s, "event_shape entry") for s in event_shape)
+        self.context_dim = check_int_range(context_dim, "context_dim", 0)
         self.config: dict[str, Any] | None = None
         self.resolved_options: dict[str, Any] = {}
         self.register_buffer("data_loc", torch.zeros(self.event_shape))

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pushforward._validate import check_choice, check_positive_int
+from pushforward._validate import check_choice, check_dim, check_positive_int
 from pushforward.continuous.cnf import ContinuousFlow, Field
 from pushforward.continuous.divergence import network_divergence
 from pushforward.continuous.ode import SOLVERS
@@ -78,7 +78,11 @@ def _event_shape(dim, image_shape) -> tuple[int, ...]:
         return tuple(int(s) for s in image_shape)
     if dim is None:
         raise ValueError("FlowMatching needs dim (vectors [N, D]), an event shape or image_shape")
-    return (int(dim),) if isinstance(dim, int) else tuple(int(s) for s in dim)
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        return (check_dim(dim, "dim"),)
+    if isinstance(dim, (str, bytes)) or not isinstance(dim, Sequence) or not dim:
+        raise TypeError(f"dim must be a positive integer or an event shape (a sequence of them), got {dim!r}")
+    return tuple(check_dim(s, "dim") for s in dim)
 
 
 def _default_net(event_shape, context_dim, hidden, time_embed, activation, width) -> nn.Module:

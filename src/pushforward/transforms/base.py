@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from pushforward._validate import checked_init
+
 
 class Transform(nn.Module):
     """Base class of bijections ``x -> z`` with log-absolute-Jacobian-determinants.
@@ -23,7 +25,19 @@ class Transform(nn.Module):
     Subclasses implement :meth:`forward` and, where they can, :meth:`inverse`. Inputs are batch
     first, ``[N, *event_shape]``; log-determinants are ``[N]``. ``context`` is an optional
     ``[N, C]`` tensor that conditioner networks read; unconditional transforms ignore it.
+
+    Every subclass's int and float constructor arguments are checked by their signature
+    (:func:`pushforward._validate.checked_init`): ints >= 0 unless named in
+    ``signed_arguments``, floats finite.
     """
+
+    #: int constructor arguments that may be negative (every other one must be >= 0).
+    signed_arguments: frozenset = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = checked_init(cls.__dict__["__init__"])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map data to latent: ``[N, ...] -> ([N, ...], [N])``."""
