@@ -190,3 +190,23 @@ def test_fit_casts_int_and_bool_data_and_context_like_the_model_does():
             assert torch.equal(model.log_prob(torch.as_tensor(data), c), ref)
     with pytest.raises(TypeError, match="real"):
         model.log_prob(x.to(torch.complex64), c)
+
+
+# ------------------------------------------------------------------ item 9: resume falls back
+def test_resume_falls_back_to_best_when_last_is_unreadable(tmp_path, capsys, data_file):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 10, "--out", out, *TINY,
+                       "--set", "fit.eval_every=5", "--set", "fit.val_fraction=0.2", "--set", "fit.batch_size=32")
+    assert code == 0, err
+    best_step = torch.load(out / "best.pt", weights_only=False)["step"]
+    (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="resuming from .*best.pt"):
+        code, stdout, err = run(capsys, "resume", out, "--steps", 4)
+    assert code == 0, err
+    assert f"from step {best_step}" in stdout
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == best_step + 4
+    # Both unreadable: the error names last.pt.
+    (out / "last.pt").write_bytes(b"")
+    (out / "best.pt").write_bytes(b"junk")
+    code, _, err = run(capsys, "resume", out, "--steps", 4)
+    one_line(code, err, str(out / "last.pt"), "not a readable")

@@ -119,10 +119,11 @@ class FlowMatching(ContinuousFlow):
         cond_drop: probability of replacing the context by a learned null context in training
             (classifier-free guidance). 0 (default) learns no null context.
         guidance: default guidance scale at sampling/likelihood (1: the conditional model).
-        steps, solver: ``sample(n)``'s default: ``midpoint`` with 16 steps (32 network
-            evaluations), accurate for trained OT paths at a fraction of an adaptive solve. Pass
-            ``solver="dopri5"`` for an adaptive solve, or ``steps=1..4`` for few-step generation
-            (best after reflow, :func:`pushforward.matching.reflow`).
+        steps: ``sample(n)``'s default number of steps, 16 (with ``midpoint``, 32 network
+            evaluations); ``steps=1..4`` for few-step generation (best after reflow,
+            :func:`pushforward.matching.reflow`).
+        solver: ``sample(n)``'s default solver, ``midpoint``: accurate for trained OT paths at
+            a fraction of an adaptive solve; ``solver="dopri5"`` for an adaptive one.
         logprob_solver: ``log_prob``'s default solver (adaptive ``dopri5``, tolerances 1e-5).
 
     ``log_prob(exact=None)`` is exact up to D = 32; a network with ``forward_with_divergence``
