@@ -210,3 +210,35 @@ def test_resume_falls_back_to_best_when_last_is_unreadable(tmp_path, capsys, dat
     (out / "best.pt").write_bytes(b"junk")
     code, _, err = run(capsys, "resume", out, "--steps", 4)
     one_line(code, err, str(out / "last.pt"), "not a readable")
+
+
+def test_full_disk_in_a_json_file_names_the_path(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pushforward.train.run import write_json
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="no space left on device writing .*config.json"):
+        write_json(tmp_path / "config.json", {"a": 1})
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_during_training_exits_naming_the_path(tmp_path, capsys, data_file, monkeypatch):
+    import pushforward.models as models
+
+    real = models.torch.save
+
+    def full(obj, f, *a, **k):
+        if isinstance(obj, dict) and obj.get("format") == "pushforward-checkpoint":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(models.torch, "save", full)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 3, "--out", out, *TINY)
+    line = one_line(code, err, "no space left on device", str(out / "last.pt"), status=1)
+    assert "Traceback" not in line

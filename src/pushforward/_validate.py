@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Sequence
@@ -190,16 +189,20 @@ def check_numeric_arguments(signature, args: tuple, kwargs: dict, owner: str, si
                 raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
 
 
-def checked_init(init):
-    """``init`` (a class's ``__init__``) wrapped so that :func:`check_numeric_arguments` runs on
-    every call first; the class attribute ``signed_arguments`` names ints that may be negative.
-    The base classes (``FlowModel``, ``Transform``) apply it to every subclass."""
-    sig = inspect.signature(init)
+class CheckedArguments(type):
+    """Metaclass of the public base classes (``FlowModel``, ``Transform``): calling any subclass
+    first runs :func:`check_numeric_arguments` on the call against that class's signature, so
+    every int/float constructor argument is validated before the class's own code runs. The
+    class attribute ``signed_arguments`` names ints that may be negative."""
 
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        check_numeric_arguments(sig, (self, *args), kwargs, type(self).__name__,
-                                getattr(type(self), "signed_arguments", frozenset()))
-        init(self, *args, **kwargs)
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        # inspect.signature(cls) would otherwise report this __call__'s (*args, **kwargs).
+        # Not cached: a class's defaults may change at run time (tests patch them).
+        init = inspect.signature(cls.__init__)
+        return init.replace(parameters=list(init.parameters.values())[1:])
 
-    return __init__
+    def __call__(cls, *args, **kwargs):
+        check_numeric_arguments(cls.__signature__, args, kwargs, cls.__name__,
+                                getattr(cls, "signed_arguments", frozenset()))
+        return super().__call__(*args, **kwargs)

@@ -24,16 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from pushforward._validate import (
+    CheckedArguments,
     check_context,
     check_dim,
     check_event,
     check_finite,
     check_int_range,
-    checked_init,
 )
 
 
-class FlowModel(nn.Module):
+class FlowModel(nn.Module, metaclass=CheckedArguments):
     """Base class of every pushforward model.
 
     Args:
@@ -43,6 +43,9 @@ class FlowModel(nn.Module):
     Attributes:
         standardize_by_default: whether :func:`pushforward.fit` standardizes data for this
             model (False for image models with their own preprocessing).
+        signed_arguments: int constructor arguments that may be negative; every other int
+            argument of every model class must be >= 0 and every float one finite
+            (:class:`~pushforward._validate.CheckedArguments`).
         config: the ``build`` arguments that recreate this model (set by :func:`build`).
         resolved_options: options whose ``None`` default the constructor resolved from the others
             (e.g. a size that depends on ``dim``); ``build`` records these values, so a reloaded
@@ -52,13 +55,6 @@ class FlowModel(nn.Module):
     standardize_by_default: bool = True
     #: int constructor arguments that may be negative (every other one must be >= 0).
     signed_arguments: frozenset = frozenset()
-
-    def __init_subclass__(cls, **kwargs):
-        # One check for every model class: each int/float constructor argument is validated by
-        # the signature (type, sign, finiteness) before the class's own code touches it.
-        super().__init_subclass__(**kwargs)
-        if "__init__" in cls.__dict__:
-            cls.__init__ = checked_init(cls.__dict__["__init__"])
 
     def __init__(self, event_shape: Sequence[int], context_dim: int = 0):
         super().__init__()

@@ -93,7 +93,7 @@ def odeint(
     adjoint_params: Sequence[Tensor] | None = None,
     check_finite: bool = True,
     return_nfe: bool = False,
-):
+) -> State | tuple[State, int]:
     """Integrate ``dy/dt = func(t, y)`` and return the states at the times ``t``.
 
     Args:
@@ -110,8 +110,8 @@ def odeint(
         return_nfe: also return the number of function evaluations.
 
     Returns:
-        Tensor | tuple: the states at each time, a tensor ``[T, N, ...]`` (or a tuple of such);
-            with ``return_nfe`` the pair ``(states, nfe)``.
+        The states at each time, a tensor ``[T, N, ...]`` (or a tuple of such); with
+        ``return_nfe`` the pair ``(states, nfe)``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
