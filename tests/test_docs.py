@@ -1,8 +1,9 @@
 """The documentation site builds offline, and in headless Chromium its home page and a tutorial
 page render with their figures (screenshots kept as artefacts).
 
-Needs the ``docs`` extra (mkdocs, mkdocstrings, mkdocs-material) and a Chromium binary; CI
-installs only ``.[test]``, so these tests skip there, saying why.
+Needs the ``docs`` extra (mkdocs, mkdocstrings, mkdocs-material; part of the ``test`` extra) and
+a Chromium binary (``.ci/run`` installs it with apt-get when missing). CI fails on any skip; the
+guards below only say what is missing on a machine set up otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ TUTORIAL = "tutorials/07_flow_matching"
 
 _missing = [m for m in ("mkdocs", "mkdocstrings", "material") if importlib.util.find_spec(m) is None]
 needs_mkdocs = pytest.mark.skipif(bool(_missing), reason=f"docs extra not installed (missing: {', '.join(_missing)}); "
-                                  "pip install -e '.[docs]'")
+                                  "pip install -e '.[test]'")
 
 
 def _chromium() -> str | None:

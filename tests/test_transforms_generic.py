@@ -93,11 +93,25 @@ def test_logabsdet_matches_autograd(case):
         assert abs(err) < case.ladj_tol, (float(ladj[i].detach()), float(expected))
 
 
+def _trainable(case: Case) -> bool:
+    return any(p.requires_grad for p in case.make().parameters())
+
+
+# Generated only for the cases they apply to (no skips): transforms with trainable parameters,
+# conditional transforms.
+TRAINABLE = [c for c in CASES if _trainable(c)]
+CONDITIONAL = [c for c in CASES if c.context_dim]
+
+
+def test_the_filtered_case_lists_are_not_empty():
+    assert TRAINABLE and CONDITIONAL and len(TRAINABLE) < len(CASES) + 1
+
+
+@pytest.mark.parametrize("case", TRAINABLE, ids=lambda c: c.name)
 def test_every_parameter_gets_gradient(case):
     t = _make(case)
     params = [(n, p) for n, p in t.named_parameters() if p.requires_grad]
-    if not params:
-        pytest.skip("no trainable parameters")
+    assert params
     x, c = _inputs(case)
     z, ladj = t(x, c)
     (z.pow(2).sum() + ladj.sum()).backward()
@@ -109,9 +123,8 @@ def test_every_parameter_gets_gradient(case):
     assert not zero, f"zero gradient for {zero}"
 
 
+@pytest.mark.parametrize("case", CONDITIONAL, ids=lambda c: c.name)
 def test_context_changes_output(case):
-    if not case.context_dim:
-        pytest.skip("unconditional transform")
     t = _make(case)
     x, c = _inputs(case)
     z1, l1 = t(x, c)

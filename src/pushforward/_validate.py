@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -137,3 +139,70 @@ def resolve_named(value, table: dict, base: type, name: str, **kwargs):
     if isinstance(value, base):
         return value
     return table[check_choice(value, tuple(table), name)](**kwargs)
+
+
+# ---------------------------------------------------------------- constructor arguments
+_INT_ANNOTATIONS = {"int", "int | None", "Optional[int]"}
+_FLOAT_ANNOTATIONS = {"float", "float | None", "Optional[float]"}
+
+
+def numeric_kind(param) -> str | None:
+    """``"int"``, ``"float"`` or None for an ``inspect.Parameter``: from its annotation when that
+    is plainly numeric, else from the type of its default (bools are never numeric)."""
+    ann = param.annotation
+    ann = ann if isinstance(ann, str) else getattr(ann, "__name__", None)
+    if ann in _INT_ANNOTATIONS:
+        return "int"
+    if ann in _FLOAT_ANNOTATIONS:
+        return "float"
+    if ann not in (None, "_empty"):
+        return None
+    d = param.default
+    return "int" if type(d) is int else "float" if type(d) is float else None
+
+
+def check_numeric_arguments(signature, args: tuple, kwargs: dict, owner: str, signed: frozenset = frozenset()) -> None:
+    """Check a call's int and float arguments by the callee's signature (see :func:`numeric_kind`).
+
+    An int argument must be an integer (not a bool) and >= 0 unless it is named in ``signed``;
+    a float argument must be a finite real number. None passes where it is the default or the
+    annotation allows it. The error names ``owner``, the argument and its value.
+    """
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:
+        return  # the call itself will raise Python's own error naming the argument
+    for name, value in bound.arguments.items():
+        p = signature.parameters[name]
+        kind = numeric_kind(p)
+        if kind is None or (value is None and (p.default is None or "None" in str(p.annotation))):
+            continue
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
+            if value < 0 and name not in signed:
+                raise ValueError(f"{owner}: {name} must be a non-negative integer, got {value!r}")
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+
+
+class CheckedArguments(type):
+    """Metaclass of the public base classes (``FlowModel``, ``Transform``): calling any subclass
+    first runs :func:`check_numeric_arguments` on the call against that class's signature, so
+    every int/float constructor argument is validated before the class's own code runs. The
+    class attribute ``signed_arguments`` names ints that may be negative."""
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        # inspect.signature(cls) would otherwise report this __call__'s (*args, **kwargs).
+        # Not cached: a class's defaults may change at run time (tests patch them).
+        init = inspect.signature(cls.__init__)
+        return init.replace(parameters=list(init.parameters.values())[1:])
+
+    def __call__(cls, *args, **kwargs):
+        check_numeric_arguments(cls.__signature__, args, kwargs, cls.__name__,
+                                getattr(cls, "signed_arguments", frozenset()))
+        return super().__call__(*args, **kwargs)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import runpy
 import sys
 import time
@@ -65,26 +66,50 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ============================================================================ config
-def parse_value(text: str) -> Any:
-    """``--set`` value: a JSON literal where it parses, else the string itself."""
+def parse_value(text: str, key: str | None = None) -> Any:
+    """``--set`` value: a JSON literal where it parses, else the string itself.
+
+    Text that opens or closes a JSON list or object (``[``, ``{``, ``]``, ``}``) must parse as
+    one: ``hidden=[64,64`` is an error naming ``key`` and the expected form, never the string.
+    """
     alias = {"True": True, "False": False, "None": None}
     if text in alias:
         return alias[text]
     try:
         return json.loads(text)
     except ValueError:
-        return text
+        pass
+    t = text.strip()
+    if t[:1] in "[{" or t[-1:] in "]}":
+        if t[:1] == "{" or t[-1:] == "}":
+            kind, example = "an object", '{"a": 1}'
+        else:
+            items = [i.strip() for i in t.strip("[]").split(",") if i.strip()]
+            if items and all(re.fullmatch(r"[+-]?\d+", i) for i in items):
+                kind, example = "a list of integers", "[64, 64]"
+            elif items and all(re.fullmatch(r"[+-]?[\d.]+([eE][+-]?\d+)?", i) for i in items):
+                kind, example = "a list of numbers", "[0.1, 0.2]"
+            else:
+                kind, example = "a list", '[1, 2] or ["a", "b"]'
+        raise CLIError(f"{key or 'value'}: could not parse {text!r} as {kind} (JSON, e.g. {example})")
+    return text
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["a=1", "fit.lr=3e-4"] -> {"a": 1, "fit.lr": 0.0003}``."""
+    """``["a=1", "fit.lr=3e-4"] -> {"a": 1, "fit.lr": 0.0003}``.
+
+    Raises:
+        CLIError: an item without ``=`` or a key, or a malformed list/object value (naming the key).
+    """
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise CLIError(f"bad --set {item!r}: expected key=value (e.g. --set hidden=[64,64] or --set fit.lr=3e-4)")
-        out[key] = parse_value(value.strip())
+        if key.endswith(".") or key.startswith(".") or ".." in key:
+            raise CLIError(f"bad --set key {key!r}: expected NAME, fit.NAME or options.NAME")
+        out[key] = parse_value(value.strip(), key)
     return out
 
 
@@ -138,6 +163,22 @@ def _check_fit_options(fit_opts: dict) -> None:
             raise CLIError(f"unknown fit option 'fit.{k}'; valid: {', '.join(valid)}")
 
 
+def check_fit_values(model, fit_opts: dict, seed: int = 0) -> None:
+    """Resolve ``fit_opts`` against ``model`` exactly as :func:`pushforward.fit` will, so a bad
+    value (``--steps 0``, ``--max-time -5``, ``fit.checkpoint_every=0``...) is refused before
+    anything is written; raises ``ValueError`` naming the option."""
+    import inspect
+
+    from pushforward.train import fit
+    from pushforward.train.config import FitConfig
+
+    sig = inspect.signature(fit).parameters
+    options = {k: p.default for k, p in sig.items() if k not in ("model", "data", "context")}
+    options.update(fit_opts)
+    options["seed"] = seed
+    FitConfig.resolve(model, options)
+
+
 def resolve_train_config(args: argparse.Namespace) -> dict:
     """Merge config file < --set < flags into the run's config dict."""
     cfg: dict[str, Any] = {"model": None, "data": None, "context": None, "n": None, "seed": 0,
@@ -170,7 +211,13 @@ def resolve_train_config(args: argparse.Namespace) -> dict:
         raise CLIError("no data given: use --data NAME_OR_FILE (see `pushforward datasets`)")
     if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool):
         raise CLIError(f"seed must be an integer, got {cfg['seed']!r}")
+    if not isinstance(cfg["options"], dict):
+        raise CLIError(f"model options must be an object/table of settings, got {cfg['options']!r}")
     _check_fit_options(cfg["fit"])
+    if cfg["device"] not in (None, "auto"):
+        if not isinstance(cfg["device"], str):
+            raise CLIError(f"device must be a string such as cpu, cuda or cuda:N, got {cfg['device']!r}")
+        _device(cfg["device"])  # refuse an unknown or absent device before anything is written
     return cfg
 
 
@@ -199,8 +246,14 @@ def _device(spec: str | None):
         dev = torch.device(spec)
     except RuntimeError:
         raise CLIError(f"unknown device {spec!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"unsupported device {spec!r}; use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"device {spec!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise CLIError(f"device {spec!r} requested but MPS is not available")
     return dev
 
 
@@ -311,6 +364,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with torch.random.fork_rng():
         torch.manual_seed(cfg["seed"])
         model = build_model(cfg, ds)
+    check_fit_values(model, cfg["fit"], cfg["seed"])  # every option checked before the first write
     with run.lock():
         return _train_locked(model, ds, cfg, run, args.overwrite)
 

@@ -188,7 +188,8 @@ def run_gallery(
             ``ring``, ``spiral``, ``checkerboard``); KL is then exact up to Monte Carlo error.
         models: model names (2-D vector models).
         max_time: training seconds per model.
-        n_train, n_eval: training points; points for KL/NLL/W2 and the sample timing.
+        n_train: training points.
+        n_eval: points for KL/NLL/W2 and the sample timing.
         n_grid: density grid points per axis.
     Returns:
         One dict per model (also written to ``gallery.json``): ``model, family, kl, nll, w2,

@@ -13,6 +13,7 @@ units; this base class validates inputs and folds the data standardization
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,10 +23,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pushforward._validate import check_context, check_event, check_finite
+from pushforward._validate import (
+    CheckedArguments,
+    check_context,
+    check_dim,
+    check_event,
+    check_finite,
+    check_int_range,
+)
 
 
-class FlowModel(nn.Module):
+class FlowModel(nn.Module, metaclass=CheckedArguments):
     """Base class of every pushforward model.
 
     Args:
@@ -35,6 +43,9 @@ class FlowModel(nn.Module):
     Attributes:
         standardize_by_default: whether :func:`pushforward.fit` standardizes data for this
             model (False for image models with their own preprocessing).
+        signed_arguments: int constructor arguments that may be negative; every other int
+            argument of every model class must be >= 0 and every float one finite
+            (:class:`~pushforward._validate.CheckedArguments`).
         config: the ``build`` arguments that recreate this model (set by :func:`build`).
         resolved_options: options whose ``None`` default the constructor resolved from the others
             (e.g. a size that depends on ``dim``); ``build`` records these values, so a reloaded
@@ -42,11 +53,15 @@ class FlowModel(nn.Module):
     """
 
     standardize_by_default: bool = True
+    #: int constructor arguments that may be negative (every other one must be >= 0).
+    signed_arguments: frozenset = frozenset()
 
     def __init__(self, event_shape: Sequence[int], context_dim: int = 0):
         super().__init__()
-        self.event_shape = tuple(int(s) for s in event_shape)
-        self.context_dim = int(context_dim)
+        if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Sequence):
+            raise TypeError(f"event_shape must be a sequence of positive integers, got {event_shape!r}")
+        self.event_shape = tuple(check_dim(s, "event_shape entry") for s in event_shape)
+        self.context_dim = check_int_range(context_dim, "context_dim", 0)
         self.config: dict[str, Any] | None = None
         self.resolved_options: dict[str, Any] = {}
         self.register_buffer("data_loc", torch.zeros(self.event_shape))
@@ -78,14 +93,21 @@ class FlowModel(nn.Module):
         return torch.log(self.data_scale).sum()
 
     # ----------------------------------------------------------------- validation
+    def _as_model_dtype(self, t: Tensor | None, name: str) -> Tensor | None:
+        """The dtype rule (docs/conventions.md): every real tensor input (float of any width,
+        integer, bool) is cast to the model's dtype; complex tensors are refused."""
+        if not isinstance(t, Tensor):
+            return t
+        if t.is_complex():
+            raise TypeError(f"{name} must be real, got a tensor of dtype {t.dtype}")
+        dtype = self.data_loc.dtype
+        return t if t.dtype == dtype else t.to(dtype)
+
     def _check_x(self, x: Tensor, name: str = "x") -> Tensor:
-        p = next(self.parameters(), None)
-        if isinstance(x, Tensor) and p is not None and x.is_floating_point() and x.dtype != p.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
-                            f"use model.to({x.dtype}) or cast {name}")
-        return check_event(x, self.event_shape, name)
+        return check_event(self._as_model_dtype(x, name), self.event_shape, name)
 
     def _check_context(self, context: Tensor | None, n: int | None) -> Tensor | None:
+        context = self._as_model_dtype(context, "context")
         if context is not None and self.context_dim and isinstance(context, Tensor) and context.dim() == 1 and n is not None:
             context = context.expand(n, -1)
         return check_context(context, self.context_dim, n)
@@ -140,22 +162,63 @@ class FlowModel(nn.Module):
 FORMAT = "pushforward-model"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write
-    never leaves a truncated file at ``path``."""
+    never leaves a truncated file at ``path``.
+
+    The file gets the permissions of any other file the process creates (``0o666`` minus the
+    umask), not ``mkstemp``'s ``0o600``. A full disk raises ``OSError`` (``ENOSPC``) naming
+    ``path``; the previous file at ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "; the previous file there is kept" if path.exists() else ""
+            raise OSError(e.errno, f"no space left on device writing {str(path)!r}{kept}") from e
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror or e}") from e
         raise
+
+
+def read_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: str = "pushforward file") -> Any:
+    """``torch.load(path)``, with an error that names the file when it cannot be read.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: ``path`` is empty, truncated, corrupt or not a ``torch.save`` file at all
+            ("'PATH' is not a readable WHAT (...)").
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no {what} at {str(p)!r}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{str(p)!r} is not a readable {what}: the file is empty")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=False)
+    except PermissionError:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # unpickling, zip and storage errors all mean "not this format"
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ValueError(f"{str(p)!r} is not a readable {what} (truncated, corrupt or another format: {why})") from None
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
@@ -172,23 +235,25 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
 
     Raises:
         FileNotFoundError: naming the missing path.
+        ValueError: the file is empty, truncated, corrupt or not a pushforward model.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved model at {str(path)!r}")
-    obj = torch.load(path, map_location=map_location, weights_only=False)
+    obj = read_torch_file(path, map_location, "pushforward model file")
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return load_from_payload(obj)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and obj["model"].get("format") == FORMAT:
         return load_from_payload(obj["model"])
-    raise ValueError(f"{str(path)!r} is not a pushforward model file")
+    raise ValueError(f"{str(path)!r} is not a pushforward model file (it holds a {type(obj).__name__} "
+                     "without a pushforward model)")
 
 
 def load_from_payload(obj: dict) -> nn.Module:
     """Rebuild a model from a payload dict as written by :func:`save` (used by checkpoints)."""
-    if obj.get("format") != FORMAT:
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError("not a pushforward model payload")
     if "module" in obj:
         return obj["module"]

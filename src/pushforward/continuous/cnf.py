@@ -14,7 +14,7 @@ One routine, :func:`ode_log_prob`, serves FFJORD, flow matching and the probabil
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,8 +68,13 @@ def ode_log_prob(
         base_log_prob: ``log p_{t0}``, ``[N, ...] -> [N]``.
         exact: exact divergence or Hutchinson's estimator with one probe fixed for the whole
             solve (Grathwohl et al. 2019; unbiased in expectation).
-        solver, steps, atol, rtol, adjoint: see :func:`pushforward.continuous.odeint`.
-        probe, generator: Hutchinson probe kind (``"rademacher"``/``"gaussian"``) and its RNG.
+        solver: see :func:`pushforward.continuous.odeint`.
+        steps: see :func:`pushforward.continuous.odeint`.
+        atol: see :func:`pushforward.continuous.odeint`.
+        rtol: see :func:`pushforward.continuous.odeint`.
+        adjoint: see :func:`pushforward.continuous.odeint`.
+        probe: Hutchinson probe kind, ``"rademacher"`` or ``"gaussian"``.
+        generator: the RNG of the Hutchinson probes.
         exact_method: ``"auto"`` (``velocity_divergence`` when given, else the batched VJP),
             ``"batched"`` or ``"loop"`` (one autograd call per dimension, the reference).
         velocity_divergence: optional fast exact path ``(x, t) -> (u, div u)`` (e.g. a
@@ -180,7 +185,8 @@ class ContinuousFlow(FlowModel):
     ``1 - s_eps``) or runs backwards (``t_start > t_end``) passes its own span.
 
     Args:
-        event_shape, context_dim: see :class:`~pushforward.models.FlowModel`.
+        event_shape: see :class:`~pushforward.models.FlowModel`.
+        context_dim: see :class:`~pushforward.models.FlowModel`.
         base: the distribution at ``t_start`` (default ``N(0, I)``).
         t_span: ``(t_start, t_end)``, two different finite numbers (default ``(0.0, 1.0)``).
 
@@ -202,7 +208,7 @@ class ContinuousFlow(FlowModel):
 
     def __init__(
         self,
-        event_shape,
+        event_shape: Sequence[int],
         context_dim: int = 0,
         base: Distribution | None = None,
         t_span: tuple[float, float] | None = None,

@@ -79,8 +79,11 @@ def divergence_hutchinson(u: Tensor, x: Tensor, eps: Tensor, create_graph: bool 
     """Hutchinson's unbiased estimate ``eps^T (du/dx) eps`` with ``E[eps eps^T] = I``.
 
     Args:
-        u, x: as in :func:`divergence_exact`. eps: ``[N, D]`` probe (Gaussian or Rademacher),
-            fixed for a whole ODE solve (Grathwohl et al. 2019, FFJORD).
+        u: as in :func:`divergence_exact`.
+        x: as in :func:`divergence_exact`.
+        eps: ``[N, D]`` probe (Gaussian or Rademacher), fixed for a whole ODE solve (Grathwohl
+            et al. 2019, FFJORD).
+        create_graph: keep the graph for a backward pass through the estimate.
     Returns:
         ``[N]``.
     """
@@ -207,7 +210,8 @@ def mlp_divergence(
         x: ``[N, D]``. weights: ``W_k`` ``[H_k, H_{k-1}]`` (the first has ``D + extra`` columns,
             the last ``D`` rows). biases: ``b_k`` ``[H_k]`` or None.
         activation: see :func:`activation_and_derivative`.
-        gates, shifts: per layer ``[N or 1, H_k]`` or None.
+        gates: per layer ``[N or 1, H_k]`` or None.
+        shifts: per layer ``[N or 1, H_k]`` or None.
         extra_input: ``[N, E]`` inputs the divergence does not differentiate (e.g. time).
     Returns:
         ``(u [N, D], div [N])``; differentiable w.r.t. the weights (training) when grad is on.

@@ -111,16 +111,22 @@ class FFJORD(ContinuousFlow):
     ``dim <= 10`` (``exact=False`` for Hutchinson's estimate); ``sample(n, solver=, steps=)``.
 
     Args:
-        dim: D. context_dim: C (conditional flow: the context modulates every layer).
-        hidden, time_embed, activation: the field, see :class:`ConcatSquashField`. With one or
+        dim: D.
+        context_dim: C (conditional flow: the context modulates every layer).
+        time_embed: the field's time embedding, see :class:`ConcatSquashField`.
+        activation: the field's activation, see :class:`ConcatSquashField`.
+        hidden: the field's hidden widths, see :class:`ConcatSquashField`. With one or
             two hidden layers (the default ``(96, 96)``) and no context, the exact trace is a
             single GEMM whatever D (:func:`~pushforward.continuous.divergence.mlp_divergence`),
             so ``divergence="exact"`` trains at about Hutchinson's cost; deeper fields take D
             Jacobian columns (docs/concepts/continuous.md).
-        solver, atol, rtol, steps: ODE solver for training *and* default evaluation
-            (``eval_atol``/``eval_rtol`` override the tolerances outside training).
+        solver: ODE solver for training *and* default evaluation.
+        atol: absolute tolerance (``eval_atol`` overrides it outside training).
+        rtol: relative tolerance (``eval_rtol`` overrides it outside training).
+        steps: steps of a fixed-grid solver.
         adjoint: gradients by the adjoint method (O(1) memory in the number of solver steps).
-        kinetic, jacobian: RNODE regulariser weights (0 disables).
+        kinetic: RNODE kinetic-energy regulariser weight (0 disables).
+        jacobian: RNODE Jacobian-norm regulariser weight (0 disables).
         divergence: ``"hutchinson"`` or ``"exact"`` trace during training.
         probe: Hutchinson probe, ``"rademacher"`` or ``"gaussian"``.
 

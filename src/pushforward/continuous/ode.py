@@ -93,7 +93,7 @@ def odeint(
     adjoint_params: Sequence[Tensor] | None = None,
     check_finite: bool = True,
     return_nfe: bool = False,
-):
+) -> State | tuple[State, int]:
     """Integrate ``dy/dt = func(t, y)`` and return the states at the times ``t``.
 
     Args:
@@ -102,15 +102,16 @@ def odeint(
         t: increasing or decreasing times ``[T]`` (at least 2); the solve runs from t[0] to t[-1].
         solver: one of :data:`SOLVERS`. Fixed-grid solvers use ``steps`` uniform steps between
             t[0] and t[-1] (default 100; intermediate output times must lie on that grid).
-        atol, rtol: tolerances of adaptive solvers (must be > 0).
+        atol: absolute tolerance of adaptive solvers (> 0).
+        rtol: relative tolerance of adaptive solvers (> 0).
         adjoint: gradients by the adjoint method (torchdiffeq ``odeint_adjoint``), O(1) memory.
             ``func`` must then be an ``nn.Module`` or ``adjoint_params`` given.
         check_finite: raise :class:`NonFiniteError` naming ``t`` and the solver on NaN/inf.
         return_nfe: also return the number of function evaluations.
 
     Returns:
-        States at each time: a tensor ``[T, N, ...]`` (or tuple of such); with ``return_nfe``,
-        ``(states, nfe)``.
+        The states at each time, a tensor ``[T, N, ...]`` (or a tuple of such); with
+        ``return_nfe`` the pair ``(states, nfe)``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")

@@ -14,8 +14,10 @@ Experiment code, kept apart from the policy core (:mod:`pushforward.policy`):
 
 >>> from pushforward.envs import TwoRouteEnv, TwoRouteExpert, two_route_metrics
 >>> from pushforward.policy import evaluate_policy
->>> evaluate_policy(TwoRouteEnv, TwoRouteExpert(seed=0), episodes=2, max_steps=80,
-...                 metrics=two_route_metrics)["mean"]["success"]
+>>> res = evaluate_policy(TwoRouteEnv, TwoRouteExpert(seed=0), episodes=2, max_steps=80,
+...                       metrics=two_route_metrics)
+>>> mean = res["mean"]
+>>> mean["success"]
 1.0
 """
 

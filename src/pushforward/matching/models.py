@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pushforward._validate import check_choice, check_positive_int
+from pushforward._validate import check_choice, check_dim, check_positive_int
 from pushforward.continuous.cnf import ContinuousFlow, Field
 from pushforward.continuous.divergence import network_divergence
 from pushforward.continuous.ode import SOLVERS
@@ -78,7 +78,11 @@ def _event_shape(dim, image_shape) -> tuple[int, ...]:
         return tuple(int(s) for s in image_shape)
     if dim is None:
         raise ValueError("FlowMatching needs dim (vectors [N, D]), an event shape or image_shape")
-    return (int(dim),) if isinstance(dim, int) else tuple(int(s) for s in dim)
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        return (check_dim(dim, "dim"),)
+    if isinstance(dim, (str, bytes)) or not isinstance(dim, Sequence) or not dim:
+        raise TypeError(f"dim must be a positive integer or an event shape (a sequence of them), got {dim!r}")
+    return tuple(check_dim(s, "dim") for s in dim)
 
 
 def _default_net(event_shape, context_dim, hidden, time_embed, activation, width) -> nn.Module:
@@ -118,10 +122,11 @@ class FlowMatching(ContinuousFlow):
         cond_drop: probability of replacing the context by a learned null context in training
             (classifier-free guidance). 0 (default) learns no null context.
         guidance: default guidance scale at sampling/likelihood (1: the conditional model).
-        steps, solver: ``sample(n)``'s default: ``midpoint`` with 16 steps (32 network
-            evaluations), accurate for trained OT paths at a fraction of an adaptive solve. Pass
-            ``solver="dopri5"`` for an adaptive solve, or ``steps=1..4`` for few-step generation
-            (best after reflow, :func:`pushforward.matching.reflow`).
+        steps: ``sample(n)``'s default number of steps, 16 (with ``midpoint``, 32 network
+            evaluations); ``steps=1..4`` for few-step generation (best after reflow,
+            :func:`pushforward.matching.reflow`).
+        solver: ``sample(n)``'s default solver, ``midpoint``: accurate for trained OT paths at
+            a fraction of an adaptive solve; ``solver="dopri5"`` for an adaptive one.
         logprob_solver: ``log_prob``'s default solver (adaptive ``dopri5``, tolerances 1e-5).
 
     ``log_prob(exact=None)`` is exact up to D = 32; a network with ``forward_with_divergence``

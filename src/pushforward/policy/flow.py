@@ -75,11 +75,14 @@ class FlowPolicy(ChunkPolicyMixin, FlowMatching):
             extra last column (``context_dim = O + 1``) and ``act`` takes ``task=``.
         net: ``"transformer"`` (pi0's action expert, default) or ``"mlp"`` (tiny problems).
         time_sampler: ``"beta"`` (pi0, default), ``"uniform"`` or ``"logit-normal"``.
-        steps, solver: ``act``/``sample`` defaults (10 Euler steps, as pi0; fixed-grid solvers).
-        width, depth, heads, obs_tokens, time_embed: the expert's sizes; None takes the
-            expert's default (transformer: width 128, heads 4, obs_tokens 2, time_embed 64;
-            MLP: width 256, time_embed 32; heads/obs_tokens are transformer-only). See
-            :class:`~pushforward.policy.nets.ActionTransformer` / ``ActionMLP``.
+        steps: ``act``/``sample`` default number of steps (10, as pi0).
+        solver: ``act``/``sample`` default solver (Euler, as pi0; fixed-grid solvers only).
+        width: the expert's width (None: transformer 128, MLP 256).
+        depth: the expert's depth (None: the expert's default).
+        heads: attention heads (None: 4; transformer only).
+        obs_tokens: tokens the observation is split into (None: 2; transformer only).
+        time_embed: the time embedding size (None: transformer 64, MLP 32). The experts are
+            :class:`~pushforward.policy.nets.ActionTransformer` and ``ActionMLP``.
 
     Shapes: ``loss(actions [N, H, A], context [N, C])``; ``sample(n, context [n, C])`` and
     ``act(obs [B, O]) -> [B, H, A]`` in raw units.

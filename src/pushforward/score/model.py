@@ -90,16 +90,29 @@ class ScoreModel(ContinuousFlow):
             or ``"ve"`` built from the next five options (:func:`~pushforward.score.sde.make_sde`).
         context_dim: conditioning size ``C`` (0: unconditional; the prior is unconditional).
         net: a module ``(x, s, context) -> [N, D]``; default a :class:`~pushforward.nets.TimeMLP`.
-        beta_min, beta_max: VP/sub-VP noise rates. sigma_min, sigma_max: VE noise scales
-            (``sigma_max=None``: ``3 sqrt(2 D)``, :func:`~pushforward.score.sde.default_sigma_max`).
+        beta_min: VP/sub-VP smallest noise rate.
+        beta_max: VP/sub-VP largest noise rate.
+        sigma_min: VE smallest noise scale.
+        sigma_max: VE largest noise scale (None: ``3 sqrt(2 D)``,
+            :func:`~pushforward.score.sde.default_sigma_max`).
         s_eps: smallest diffusion time (None: the SDE's default, 1e-3 VP/sub-VP, 1e-5 VE).
-        parametrization: ``"eps"`` or ``"score"``. weighting: ``"sigma2"`` or ``"likelihood"``.
+        parametrization: ``"eps"`` or ``"score"``.
+        weighting: ``"sigma2"`` or ``"likelihood"``.
         importance: importance-sample ``s`` (only with ``"likelihood"``; default True there).
         gaussian_skip: add the ``N(0, I)`` prediction and zero-init the last layer (see above).
-        hidden, time_embed, activation: the default network's options (``time_embed=0``: raw
-            time; why in docs/score.md).
-        sampler, sde_steps, snr, corrector_steps, denoise_last_step: sampler defaults.
-        solver, steps, atol, rtol: ODE defaults (``sample(sampler="ode")`` and ``log_prob``).
+        hidden: the default network's hidden widths.
+        time_embed: the default network's time embedding size (0: raw time; why in
+            docs/score.md).
+        activation: the default network's activation.
+        sampler: ``sample``'s default sampler.
+        sde_steps: the SDE samplers' default number of steps.
+        snr: the predictor-corrector sampler's default signal-to-noise ratio.
+        corrector_steps: the predictor-corrector sampler's default corrector steps per step.
+        denoise_last_step: whether the SDE samplers end with a denoising step by default.
+        solver: ODE solver default (``sample(sampler="ode")`` and ``log_prob``).
+        steps: ODE steps default for fixed-grid solvers.
+        atol: ODE absolute tolerance default.
+        rtol: ODE relative tolerance default.
     """
 
     default_ema = 0.999

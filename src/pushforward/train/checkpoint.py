@@ -10,17 +10,18 @@ the best evaluation, the ``fit`` options and ``model`` (the evaluation weights a
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from pushforward.models import model_payload
-from pushforward.train.run import LAST, RunDir
-from pushforward.train.state import EMA, swapped_in
+from pushforward.models import model_payload, read_torch_file
+from pushforward.train.run import BEST, LAST, METRICS, RunDir
+from pushforward.train.state import EMA, History, swapped_in
 
 CHECKPOINT_FORMAT = "pushforward-checkpoint"
 
@@ -44,12 +45,68 @@ def _resolve_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+_FALLBACK_SAID: set[str] = set()
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a training checkpoint (``last.pt``/``best.pt`` or a run directory)."""
-    p = _resolve_checkpoint(path)
-    ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    """Read a training checkpoint (``last.pt`` or a run directory, which means its ``last.pt``).
+
+    For a run directory whose ``last.pt`` is unreadable (truncated, corrupt, empty) but whose
+    ``best.pt`` is readable, the run continues from ``best.pt``'s weights and step, and says so
+    (a warning naming both files): the optimizer, the data position and the RNG start afresh,
+    the history is ``metrics.jsonl`` up to that step, and ``"fallback"`` holds the message.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: the file is empty, truncated, corrupt, or a ``.pt`` file of another kind,
+            naming the file.
+    """
+    if Path(path).is_dir() and (Path(path) / LAST).is_file():
+        try:
+            return _read_checkpoint(Path(path) / LAST, map_location)
+        except ValueError as e:
+            ckpt = _from_best(Path(path), map_location, e)
+            if ckpt is None:
+                raise
+            if ckpt["fallback"] not in _FALLBACK_SAID:  # once per process, not once per reader
+                _FALLBACK_SAID.add(ckpt["fallback"])
+                warnings.warn(ckpt["fallback"], stacklevel=2)
+            return ckpt
+    return _read_checkpoint(_resolve_checkpoint(path), map_location)
+
+
+def _from_best(run: Path, map_location: Any, why: ValueError) -> dict | None:
+    """A checkpoint made from ``best.pt`` (see :func:`load_checkpoint`), or None if unreadable."""
+    try:
+        best = read_torch_file(run / BEST, map_location, "best checkpoint")
+        payload = best["model"]
+        state = payload["state_dict"] if "state_dict" in payload else payload["module"].state_dict()
+        step = int(best["step"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    history = History()
+    try:
+        for line in (run / METRICS).read_text().splitlines():
+            rec = json.loads(line)
+            if int(rec.get("step", step + 1)) <= step and "loss" in rec:
+                history.append(rec, float(rec.get("time", 0.0)))
+    except (OSError, ValueError):
+        pass
+    history["steps"] = step
+    elapsed = float(history["time"][-1]) if history["time"] else 0.0
+    msg = (f"{str(run / LAST)!r} is unreadable ({why}); resuming from {str(run / BEST)!r} (step {step}): "
+           "the optimizer state, data position and random streams start afresh")
+    return {"format": CHECKPOINT_FORMAT, "train_state": state, "model": payload, "step": step,
+            "elapsed": elapsed, "history": dict(history), "fit": {}, "best": None, "optimizer": None,
+            "ema": None, "scaler": None, "data": None, "window": (0.0, 0), "rng": [], "fallback": msg}
+
+
+def _read_checkpoint(p: Path, map_location: Any) -> dict:
+    ckpt = read_torch_file(p, map_location, "pushforward training checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(p)!r} is not a pushforward training checkpoint")
+        kind = ckpt.get("format") if isinstance(ckpt, dict) and isinstance(ckpt.get("format"), str) else None
+        what = f"a {kind!r} file" if kind else f"a {type(ckpt).__name__}"
+        raise ValueError(f"{str(p)!r} is not a pushforward training checkpoint (it holds {what})")
     return ckpt
 
 

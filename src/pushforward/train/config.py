@@ -162,7 +162,15 @@ def _ema(ema: Any, model: nn.Module) -> float | None:
 
 
 def _checkpoint_every(ce: Any) -> tuple[int | None, float | None]:
-    """``(steps, None)`` for an int, ``(None, seconds)`` for a float or ``"60s"``."""
+    """``(steps, None)`` for an int, ``(None, seconds)`` for a float or ``"60s"``; both > 0."""
+    steps, secs = _checkpoint_cadence(ce)
+    for v in (steps, secs):
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"checkpoint_every must be a positive number of steps or seconds, got {ce!r}")
+    return steps, secs
+
+
+def _checkpoint_cadence(ce: Any) -> tuple[int | None, float | None]:
     if ce is None:
         return None, None
     value: Any = ce

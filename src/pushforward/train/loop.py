@@ -83,7 +83,10 @@ def fit(
             (and ``.context``) such as :func:`pushforward.data.load`'s result; or a callable
             ``n -> batch`` (a simulator: fresh data every step, no epochs).
         context: ``[N, C]`` conditioning for tensor data (else taken from the items).
-        max_time, steps, epochs: budgets for this call; the first to run out stops training.
+        max_time: seconds of training in this call (a budget: the first budget to run out stops
+            training).
+        steps: optimizer steps in this call (a budget).
+        epochs: passes over the data in this call (a budget).
         batch_size: global batch size (default ``model.default_batch_size`` or 256).
         lr: peak learning rate (default ``model.default_lr`` or 1e-3).
         optimizer: ``"adam"`` or ``"adamw"`` (``weight_decay > 0`` with Adam means AdamW).
@@ -237,12 +240,15 @@ class _Trainer:
         return ckpt
 
     def _restore(self, ckpt: dict) -> None:
-        """Optimizer, EMA, scaler, data position, loss window and RNG of a checkpoint."""
-        self.opt.load_state_dict(ckpt["optimizer"])
+        """Optimizer, EMA, scaler, data position, loss window and RNG of a checkpoint (a
+        ``best.pt`` fallback, :func:`~pushforward.train.load_checkpoint`, has none of them)."""
+        if ckpt.get("optimizer") is not None:
+            self.opt.load_state_dict(ckpt["optimizer"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.precision.load_state_dict(ckpt.get("scaler"))
-        self.data.source.load_state(ckpt["data"])
+        if ckpt.get("data") is not None:
+            self.data.source.load_state(ckpt["data"])
         self.win_sum, self.win_n = ckpt.get("window", (0.0, 0))
         rngs = ckpt.get("rng") or []
         # Another world size re-seeds the other ranks; rank 0 continues its own stream.

@@ -119,10 +119,10 @@ def make_sinks(run: RunDir | None, records: list[dict], step: int, horizon_steps
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                sinks.append(TensorBoard(SummaryWriter(str(run / "tensorboard"), purge_step=step or None)))
-            except ImportError:
-                pass
+            except ImportError as e:
+                raise ImportError("tensorboard=True needs the tensorboard package "
+                                  "(pip install tensorboard, or pip install 'pushforward[test]')") from e
+            sinks.append(TensorBoard(SummaryWriter(str(run / "tensorboard"), purge_step=step or None)))
     if sys.stderr.isatty() if progress is None else progress:
         sinks.append(ProgressBar(step, horizon_steps, max_time))
     return Sinks(sinks)

@@ -16,14 +16,23 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from pushforward._validate import CheckedArguments
 
-class Transform(nn.Module):
+
+class Transform(nn.Module, metaclass=CheckedArguments):
     """Base class of bijections ``x -> z`` with log-absolute-Jacobian-determinants.
 
     Subclasses implement :meth:`forward` and, where they can, :meth:`inverse`. Inputs are batch
     first, ``[N, *event_shape]``; log-determinants are ``[N]``. ``context`` is an optional
     ``[N, C]`` tensor that conditioner networks read; unconditional transforms ignore it.
+
+    Every subclass's int and float constructor arguments are checked by their signature
+    (:class:`pushforward._validate.CheckedArguments`): ints >= 0 unless named in
+    ``signed_arguments``, floats finite.
     """
+
+    #: int constructor arguments that may be negative (every other one must be >= 0).
+    signed_arguments: frozenset = frozenset()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map data to latent: ``[N, ...] -> ([N, ...], [N])``."""

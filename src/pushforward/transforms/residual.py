@@ -292,9 +292,12 @@ class ResidualBlock(Transform):
         geom_p: success probability of the geometric number of extra terms (mean
             ``(1-p)/p``); the variance is finite when ``ρ(J)² < 1 - p``.
         n_probes: Hutchinson vectors per sample in training.
-        eval_exact_max_dim, eval_probes, eval_max_terms: the deterministic estimate in eval mode.
-        max_iter, tol: fixed-point inverse (``tol`` relative to ``1 + max|x|``; default
-            ``64 eps`` of the dtype). Raises if it does not converge.
+        eval_exact_max_dim: ``exact_max_dim`` of the deterministic estimate in eval mode.
+        eval_probes: Hutchinson vectors of the deterministic estimate in eval mode.
+        eval_max_terms: series terms of the deterministic estimate in eval mode.
+        max_iter: iterations of the fixed-point inverse; it raises if it does not converge.
+        tol: tolerance of the fixed-point inverse, relative to ``1 + max|x|`` (default
+            ``64 eps`` of the dtype).
     """
 
     def __init__(

@@ -48,8 +48,9 @@ class RationalQuadraticSpline(ElementwiseMap):
     Args:
         bins: number of bins ``K``.
         bound: tail bound ``B``; the spline acts on ``[-B, B]``.
-        min_width, min_height: smallest bin width/height as a fraction of ``2B`` (keeps the
-            slopes bounded and the inverse well conditioned).
+        min_width: smallest bin width as a fraction of ``2B`` (keeps the slopes bounded and the
+            inverse well conditioned).
+        min_height: smallest bin height as a fraction of ``2B`` (likewise).
         min_derivative: smallest knot derivative.
 
     Shapes: ``x [..., D]``, ``theta [..., D, 3K - 1]`` -> ``(z [..., D], ladj [..., D])``.

@@ -251,9 +251,10 @@ def plot_hist_over_time(
         times: either the time of each of the T frames (length T), or the times to show, in
             which case frames are taken as evenly spaced on [0, 1] and the nearest are shown.
             None: ``linspace(0, 1, T)``. At most ``max_panels`` evenly spread frames are drawn.
-        source, target: optional densities (anything with ``log_prob([M, 1]) -> [M]``, e.g.
-            ``pf.distributions.StandardNormal(1)`` and ``pf.data.get_target("gauss1d")``) drawn
-            as curves on the first and last panels.
+        source: an optional density (anything with ``log_prob([M, 1]) -> [M]``, e.g.
+            ``pf.distributions.StandardNormal(1)``) drawn as a curve on the first panel.
+        target: an optional density (e.g. ``pf.data.get_target("gauss1d")``) drawn as a curve
+            on the last panel.
     """
     tr = _as_traj(traj)
     T = tr.shape[0]
