@@ -68,6 +68,7 @@ def fit(
     progress: bool | None = None,
     tensorboard: bool | None = None,
     distributed: bool | None = None,
+    compile: bool = False,
 ) -> History:
     """Train ``model`` on ``data`` by minimising ``model.loss`` with Adam/AdamW.
 
@@ -114,6 +115,10 @@ def fit(
         tensorboard: write TensorBoard events to ``out_dir/tensorboard`` (default: when the
             ``tensorboard`` package is installed and ``out_dir`` is given).
         distributed: use DDP (default: when launched by torchrun with WORLD_SIZE > 1).
+        compile: run the training loss through ``torch.compile`` (fewer kernel launches for
+            small models on a GPU; the first steps pay the compilation). Same results as eager
+            within float tolerance; random draws inside a compiled loss come from inductor's
+            generator, so a seeded stochastic loss (flow matching) differs from eager.
 
     Returns:
         A :class:`History`.
@@ -187,6 +192,8 @@ class _Trainer:
         self.loss_fn = model.loss
         if self.dist:
             self.loss_fn = ddp.wrap(model, self.device, find_unused_parameters=self._unused_parameters())
+        if cfg.compile:
+            self.loss_fn = torch.compile(self.loss_fn)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no trainable parameters")

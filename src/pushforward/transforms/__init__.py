@@ -33,12 +33,14 @@ from pushforward.transforms.planar import Planar, Radial
 from pushforward.transforms.preprocess import Logit, ScaleToUnit
 from pushforward.transforms.residual import ResidualBlock, ScaleShift
 from pushforward.transforms.splines import RationalQuadraticSpline
+from pushforward.transforms.tails import SinhArcsinh
 
 __all__ = [
     "Additive",
     "Affine",
     "Chain",
     "RationalQuadraticSpline",
+    "SinhArcsinh",
     "inverse_autoregressive",
     "ActNorm",
     "ActNorm2d",
