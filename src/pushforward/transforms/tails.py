@@ -36,7 +36,8 @@ class SinhArcsinh(Transform):
     ``log|dz/dx| = log delta + log cosh(delta asinh u) - log(1 + u^2) / 2 - log scale + log out_scale``.
 
     :meth:`initialize` (once, from a batch) sets ``loc`` to the median, ``scale`` to the median
-    absolute deviation times 1.4826 (the std for Gaussian data) and, per dimension, the ``delta``
+    absolute deviation times 1.4826 (the std for Gaussian data; at least 1 % of the std) and, per
+    dimension, the ``delta``
     of a grid in ``[0.1, 1]`` whose output is best fitted by a Gaussian (maximum of the marginal
     Gaussian log-likelihood plus the log-Jacobian), then ``out_scale`` so the output has unit
     std: the bulk of the data spreads over the splines' bins instead of one of them (compressing
@@ -90,11 +91,14 @@ class SinhArcsinh(Transform):
         """Robust loc/scale and the best-fitting tail exponent per dimension (once)."""
         with torch.no_grad():
             if not bool(self.initialized):
-                if x.ndim != 2 or x.shape[1] != self.dim or x.shape[0] < 8:
-                    raise ValueError(f"SinhArcsinh.initialize needs a batch [N >= 8, {self.dim}], "
+                if x.ndim != 2 or x.shape[1] != self.dim or x.shape[0] < 2:
+                    raise ValueError(f"SinhArcsinh.initialize needs a batch [N >= 2, {self.dim}], "
                                      f"got {list(x.shape)}")
                 loc = x.median(0).values
-                scale = (1.4826 * (x - loc).abs().median(0).values).clamp_min(self.eps)
+                # The MAD is 0 when most values tie (binary or integer columns): floor it at a
+                # hundredth of the std, far below the funnel's ratio (~0.08), so ties stay finite.
+                mad = 1.4826 * (x - loc).abs().median(0).values
+                scale = torch.maximum(mad, 0.01 * x.std(0, unbiased=False)).clamp_min(self.eps)
                 u = (x - loc) / scale
                 grid = torch.tensor(_DELTA_GRID, dtype=x.dtype, device=x.device)[:, None, None]
                 z, ladj = self._map(u.unsqueeze(0), grid)  # [G, N, D]
