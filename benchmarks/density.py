@@ -47,7 +47,7 @@ class Contender:
 
 
 # ------------------------------------------------------------------ ours
-def _ours(name: str, **opts) -> Contender:
+def _ours(name: str, label: str | None = None, **opts) -> Contender:
     def make(dim):
         return pf.build(name, dim=dim, **opts)
 
@@ -55,7 +55,7 @@ def _ours(name: str, **opts) -> Contender:
         hist = pf.fit(model, x, max_time=budget, seed=seed, progress=False)
         return int(hist.steps)
 
-    return Contender(f"pushforward {name}", make, train, lambda m, x: m.log_prob(x), lambda m, n: m.sample(n))
+    return Contender(f"pushforward {label or name}", make, train, lambda m, x: m.log_prob(x), lambda m, n: m.sample(n))
 
 
 # ------------------------------------------------------------------ anchors
@@ -116,6 +116,49 @@ def _normflows(kind: str, blocks: int = 8, hidden: int = 64) -> Contender | None
     return Contender(f"normflows {kind}", make, train, lambda m, x: m.log_prob(x), lambda m, n: m.sample(n)[0])
 
 
+# ------------------------------------------------------------------ heavy-tailed targets
+class StudentTMixture(pf.data.targets.Target):
+    """Equal mixture of product Student-t components (``df`` dof, scale ``scale``) at ``means [K, D]``.
+
+    ``log p(x) = logsumexp_k sum_i log t_df((x_i - m_ki) / scale) - D log scale - log K``.
+    """
+
+    def __init__(self, means: torch.Tensor, df: float, scale: float, name: str):
+        self.means, self.df, self.scale, self.name = means.float(), float(df), float(scale), name
+        self.dim = int(means.shape[1])
+
+    def log_prob(self, x):
+        x = self._check(x)
+        t = torch.distributions.StudentT(self.df)
+        lp = t.log_prob((x[:, None, :] - self.means) / self.scale).sum(-1) - self.dim * math.log(self.scale)
+        return torch.logsumexp(lp, -1) - math.log(self.means.shape[0])
+
+    def sample(self, n, generator=None):
+        k = torch.randint(0, self.means.shape[0], (n,), generator=generator)
+        z = torch.randn(n, self.dim, generator=generator)
+        # t = z / sqrt(chi2_df / df); chi2_df / df = Gamma(df/2) / (df/2). torch's gamma sampler
+        # takes no generator, so a forked global RNG is seeded from the generator.
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            w = torch._standard_gamma(torch.full((n, self.dim), self.df / 2)) / (self.df / 2)
+        return self.means[k] + self.scale * z / torch.sqrt(w)
+
+
+def extra_targets() -> dict:
+    """Heavy-tailed targets of this benchmark: funnels in 5-D / 10-D, Student-t mixtures."""
+    return {
+        "funnel5": lambda: pf.data.targets.FunnelTarget(5, name="funnel5"),
+        "student2": lambda: StudentTMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), 2.0, 0.5, "student2"),
+        "student3-5d": lambda: StudentTMixture(
+            torch.stack([torch.full((5,), -1.5), torch.full((5,), 1.5)]), 3.0, 0.5, "student3-5d"),
+    }
+
+
+def get_target(name: str):
+    extra = extra_targets()
+    return extra[name]() if name in extra else pf.data.get_target(name)
+
+
 # ------------------------------------------------------------------ measurement
 def _throughput(fn, n: int, repeats: int = 3) -> float:
     fn()  # warm-up
@@ -155,7 +198,7 @@ def run_one(c: Contender, target, x_train, budget: float, seed: int, n_eval: int
 
 def contenders(names: list[str] | None = None) -> list[Contender]:
     cs = [
-        _ours("nsf"), _ours("maf"), _ours("realnvp"),
+        _ours("nsf"), _ours("nsf", "nsf tails=False", tails=False), _ours("maf"), _ours("realnvp"),
         _zuko("NSF"), _zuko("MAF"), _zuko("RealNVP"),
         _normflows("RealNVP"), _normflows("NSF"),
     ]
@@ -181,7 +224,7 @@ def main(argv=None):
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     rows = []
     for tname in args.targets.split(","):
-        target = pf.data.get_target(tname)
+        target = get_target(tname)
         x_train = target.sample(args.n_train, generator=torch.Generator().manual_seed(args.seed))
         for c in contenders([m for m in args.models.split(",") if m]):
             r = run_one(c, target, x_train, args.budget, args.seed, args.n_eval)

@@ -1,7 +1,11 @@
 """GPU path check and figures: training throughput with and without bf16 autocast, log_prob and
 sample throughput, for one model per family. Needs CUDA; writes benchmarks/results/gpu.md.
 
-Usage: ``python benchmarks/gpu.py [--seconds 5]``
+``--fast`` measures the opt-in fast paths instead, eager against fast in one run: ``pf.fit``
+steps/s with ``compile=True`` for ``nsf`` (10-D, batch 4096) and ``FlowPolicy.act`` latency with
+``set_fast_path`` (transformer, PushT-sized, 10 Euler steps). Runs on CPU too (``--device cpu``).
+
+Usage: ``python benchmarks/gpu.py [--seconds 5]``; ``python benchmarks/gpu.py --fast [--device cpu]``
 """
 
 from __future__ import annotations
@@ -48,9 +52,62 @@ def cases():
     ]
 
 
+def _fit_rate(dev, x, batch, seconds, compile):
+    torch.manual_seed(0)
+    model = pf.build("nsf", dim=x.shape[1]).to(dev)
+    t0 = time.perf_counter()
+    pf.fit(model, x, steps=3, batch_size=batch, progress=False, val_fraction=0.0, compile=compile)
+    warm = time.perf_counter() - t0  # includes compilation
+    h = pf.fit(model, x, max_time=seconds, batch_size=batch, progress=False, val_fraction=0.0, compile=compile)
+    return h.steps / max(h.elapsed, 1e-9), warm, h["loss"][-1]
+
+
+def _act_ms(policy, obs, reps):
+    for _ in range(3):
+        policy.act(obs)
+    _sync()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        policy.act(obs)
+        _sync()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return 1e3 * ts[len(ts) // 2]
+
+
+def fast_paths(dev, seconds, modes, reps=50) -> list[str]:
+    """Rows for the fast-path table: fit steps/s eager vs compile, act latency per fast-path mode."""
+    gmm = pf.data.get_target("gmm10").sample(50_000, generator=torch.Generator().manual_seed(0))
+    lines = ["| what | path | figure | first call (s) |", "|---|---|---:|---:|"]
+    for compile in (False, True):
+        sps, warm, _ = _fit_rate(dev, gmm, 4096, seconds, compile)
+        lines.append(f"| nsf fit, 10-D, batch 4096 | {'compile=True' if compile else 'eager'} | {sps:.1f} steps/s | {warm:.1f} |")
+        print(lines[-1], flush=True)
+    from pushforward.policy import FlowPolicy
+
+    torch.manual_seed(0)
+    policy = FlowPolicy(36, 2, 16, width=128, depth=3).to(dev).eval()
+    for batch in (1, 64):
+        obs = torch.randn(batch, 36, device=dev)
+        for mode in (None, *modes):
+            policy.set_fast_path(mode)
+            t0 = time.perf_counter()
+            policy.act(obs)
+            _sync()
+            first = time.perf_counter() - t0
+            ms = _act_ms(policy, obs, reps)
+            lines.append(f"| act, transformer, batch {batch} | {mode or 'default (eager)'} | {ms:.2f} ms | {first:.1f} |")
+            print(lines[-1], flush=True)
+    policy.set_fast_path(None)
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--fast", action="store_true", help="eager vs compile / fast-path figures (prints a table)")
+    p.add_argument("--modes", default="reduce-overhead", help="fast-path modes for act, comma-separated")
     p.add_argument("--out", default=os.path.join(RESULTS, "gpu.md"))
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only for a smoke run")
     args = p.parse_args(argv)
@@ -59,6 +116,10 @@ def main(argv=None):
         raise SystemExit("benchmarks/gpu.py needs a CUDA device")
     name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "CPU smoke run"
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    if args.fast:
+        print(f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print("\n".join(fast_paths(dev, args.seconds, [m for m in args.modes.split(",") if m])))
+        return
     lines = [
         f"# GPU figures ({name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')})",
         "",

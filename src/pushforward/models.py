@@ -257,9 +257,9 @@ def load_from_payload(obj: dict) -> nn.Module:
         raise ValueError("not a pushforward model payload")
     if "module" in obj:
         return obj["module"]
-    from pushforward.registry import build
+    from pushforward.registry import build, complete_config
 
-    cfg = dict(obj["config"])
+    cfg = complete_config(dict(obj["config"]))
     model = build(cfg.pop("name"), **cfg)
     state = obj["state_dict"]
     first = next((v for v in state.values() if torch.is_tensor(v) and v.is_floating_point()), None)

@@ -37,6 +37,7 @@ class Entry:
     description: str
     preset: dict = field(default_factory=dict)
     inputs: Inputs | None = None
+    legacy: dict = field(default_factory=dict)
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         return dict(inspect.signature(self.factory).parameters)
@@ -62,12 +63,15 @@ def register(
     *,
     preset: dict | None = None,
     inputs: Inputs | None = None,
+    legacy: dict | None = None,
 ) -> Any:
     """Register ``factory`` (a model class or a function) under ``name``.
 
     Usable as ``register("ffjord", FFJORD)``, ``register("ot-fm", FlowMatching, preset={...})`` or
     as a class/function decorator ``@register("maf")``. The factory's signature lists every option
     explicitly (no ``**kwargs``; tests check every name) so that ``build`` records them all.
+    ``legacy`` maps options added after a name was first released to the value that reproduces
+    the old architecture; :func:`complete_config` applies it to a recorded config that lacks them.
     """
 
     if isinstance(factory, str):  # @register(name, description) as a decorator
@@ -79,7 +83,7 @@ def register(
         if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values()):
             raise TypeError(f"the factory of {name!r} takes **kwargs; list its options explicitly")
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = Entry(fn, doc, dict(preset or {}), inputs)
+        _REGISTRY[name] = Entry(fn, doc, dict(preset or {}), inputs, dict(legacy or {}))
         return fn
 
     return add if factory is None else add(factory)
@@ -168,3 +172,13 @@ def build(
     model.config = {"name": name, "dim": dim, "context_dim": context_dim, "image_shape": image_shape,
                     **recorded, **overrides, **getattr(model, "resolved_options", {})}
     return model
+
+
+def complete_config(config: dict) -> dict:
+    """A recorded ``model.config`` with the registry's ``legacy`` values for options it lacks.
+
+    A config written before an option existed rebuilds the architecture it was saved with (e.g. an
+    ``nsf`` checkpoint without ``tails`` reloads with ``tails=False``), not today's default.
+    """
+    legacy = entry(config["name"]).legacy
+    return {**legacy, **config}

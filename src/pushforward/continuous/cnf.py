@@ -319,3 +319,29 @@ class ContinuousFlow(FlowModel):
             xs, self.nfe = odeint(self.velocity_field(context, **field_options), x0, times, solver=solver, steps=steps,
                                   return_nfe=True)
         return self.unstandardize(xs)
+
+
+def fixed_grid_solve(velocity: Velocity, x0: Tensor, t0: float, t1: float, steps: int, solver: str) -> Tensor:
+    """The end state of ``steps`` uniform Runge–Kutta steps of ``dx/dt = velocity(x, t)`` from ``t0``.
+
+    The same arithmetic as :func:`pushforward.continuous.ode.odeint` on a fixed grid (so results
+    are bit-equal in eager mode), written as one plain loop with no host synchronisation and no
+    counters, so that ``torch.compile`` traces it whole and CUDA graphs can capture it
+    (``FlowPolicy.set_fast_path``). ``x0 [N, ...]`` -> ``[N, ...]``; ``solver`` one of
+    :data:`~pushforward.continuous.ode.FIXED_SOLVERS`.
+    """
+    from pushforward.continuous.ode import _axpy
+
+    tab = FIXED_SOLVERS[solver]
+    # Times as odeint forms them: the span rounded to the state's dtype, then Python floats.
+    t0, t1 = (float(v) for v in torch.tensor([t0, t1], dtype=x0.dtype))
+    h = (t1 - t0) / steps
+    y = x0
+    for k in range(steps):
+        tk = t0 + k * h
+        ks: list[Tensor] = []
+        for ci, ai in zip(tab.c, tab.a):
+            yi = _axpy(y, h, ks, ai) if ai else y
+            ks.append(velocity(yi, torch.tensor(tk + ci * h, dtype=x0.dtype, device=x0.device)))
+        y = _axpy(y, h, ks, tab.b)
+    return y

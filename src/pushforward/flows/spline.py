@@ -12,13 +12,15 @@ from pushforward.flows.coupling import coupling_layers
 from pushforward.registry import register
 from pushforward.transforms.elementwise import Affine, Chain
 from pushforward.transforms.splines import RationalQuadraticSpline
+from pushforward.transforms.tails import SinhArcsinh
 
 __all__ = ["NeuralSplineFlow"]
 
 KINDS = ("auto", "autoregressive", "coupling")
 
 
-@register("nsf", "Neural spline flow: rational-quadratic splines, autoregressive or coupling (Durkan et al. 2019)")
+@register("nsf", "Neural spline flow: rational-quadratic splines, autoregressive or coupling (Durkan et al. 2019)",
+          legacy={"tails": False})
 class NeuralSplineFlow(NormalizingFlow):
     """Neural spline flow (Durkan et al. 2019): monotone rational-quadratic splines over N(0, I).
 
@@ -31,12 +33,18 @@ class NeuralSplineFlow(NormalizingFlow):
     "Choices behind the defaults" section of ``docs/concepts/normalizing-flows.md``).
     ``affine=True`` puts a conditioned affine map before each spline (same conditioner), so heavy
     tails outside ``[-B, B]`` can be rescaled (funnel-like data).
+    ``tails=True`` puts a learned per-dimension :class:`pushforward.transforms.SinhArcsinh`
+    first (data side), initialised from the first batch: it compresses heavy-tailed marginals
+    (Student-t, funnels) into the splines' range and keeps light-tailed ones affine. A
+    checkpoint whose config lacks ``tails`` (saved before it existed) reloads with
+    ``tails=False``, the architecture it was built with.
     """
 
     def __init__(
         self, dim: int, context_dim: int = 0, *, kind: str = "auto", transforms: int = 4,
         hidden: Sequence[int] = (128, 128), activation: str = "relu", bins: int = 16, tail_bound: float = 5.0,
         mask: str = "alternate", order: str = "alternate", affine: bool = True,
+        tails: bool = True,
     ):
         check_choice(kind, KINDS, "kind")
         f = RationalQuadraticSpline(bins, tail_bound)
@@ -46,4 +54,8 @@ class NeuralSplineFlow(NormalizingFlow):
             layers = coupling_layers(dim, context_dim, f, transforms, hidden, activation, mask, name="nsf")
         else:
             layers = autoregressive_layers(dim, context_dim, f, transforms, hidden, activation, order)
+        if not isinstance(tails, bool):
+            raise ValueError(f"tails must be True or False, got {tails!r}")
+        if tails:
+            layers = [SinhArcsinh(dim), *layers]
         super().__init__(layers, StandardNormal(dim), context_dim=context_dim)

@@ -11,11 +11,13 @@ training time density is pi0's shifted Beta converted to this convention
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
 from pushforward._validate import check_choice, check_dim, check_finite, check_positive_int
-from pushforward.continuous.cnf import ContinuousFlow, Field
+from pushforward.continuous.cnf import ContinuousFlow, Field, fixed_grid_solve
 from pushforward.continuous.ode import FIXED_SOLVERS
 from pushforward.matching.models import FlowMatching
 from pushforward.matching.paths import AffinePath
@@ -52,6 +54,19 @@ def expert_field(net: nn.Module, obs: Tensor, task: Tensor | None, prefix: Tenso
     mask = (torch.arange(horizon, device=x0.device) < d)[:, None]
     fixed = torch.nn.functional.pad(prefix - x0[:, :d], (0, 0, 0, horizon - d))
     return Field(lambda x, t: torch.where(mask, fixed, net.decode(x, t, cache)))
+
+
+FAST_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs", "eager")
+# policy -> {mode: compiled chunk function}; kept outside the module so policies still pickle.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _chunk_fn(net: nn.Module, t0: float, t1: float):
+    """``(obs, task, prefix, x0, steps, solver) -> chunk``: encode once, then a fixed-grid solve."""
+    def chunk(obs: Tensor, task: Tensor | None, prefix: Tensor | None, x0: Tensor, steps: int, solver: str) -> Tensor:
+        field = expert_field(net, obs, task, prefix, x0)
+        return fixed_grid_solve(field.velocity, x0, t0, t1, steps, solver)
+    return chunk
 
 
 class FlowPolicy(ChunkPolicyMixin, FlowMatching):
@@ -138,11 +153,55 @@ class FlowPolicy(ChunkPolicyMixin, FlowMatching):
 
     def _act_std(self, obs_n, task, generator, prefix=None, steps=None, solver=None):
         x0 = self.base.sample(obs_n.shape[0], None, generator)
+        if self.fast_path is not None:
+            return self._fast_chunk(obs_n, task, prefix, x0, steps, solver)
         return self._integrate(expert_field(self.net, obs_n, task, prefix, x0), x0, steps, solver)
 
     def _sample(self, n, context, generator=None, steps=None, solver=None, atol=None, rtol=None, x0=None):
         x0 = self.base.sample(n, context, generator) if x0 is None else x0
+        if self.fast_path is not None:
+            return self._fast_chunk(*self._split_context(context), None, x0, steps, solver)
         return self._integrate(self.velocity_field(context), x0, steps, solver)
+
+    # ----------------------------------------------------------------- fast path
+    fast_path: str | None = None  # class default: policies built or pickled before it existed
+
+    def set_fast_path(self, mode: str | None = "reduce-overhead") -> FlowPolicy:
+        """Opt-in fast ``act``/``sample``: the observation encoding and the whole fixed-grid solve
+        as one ``torch.compile``-d function (``mode="reduce-overhead"``: CUDA-graph capture).
+
+        On CUDA the first call per batch size compiles (seconds) and later calls replay; a
+        small policy is launch-bound there, which this removes. On other devices
+        ``"reduce-overhead"`` falls back to the same solve in eager mode (CUDA graphs need
+        CUDA), bit-equal to the default path; ``"default"``/``"max-autotune"`` compile on any
+        device (inductor: equal within float tolerance); ``"eager"`` never compiles; ``None``
+        switches the fast path off. A runtime setting, not saved with the model. Returns self.
+        """
+        if mode is not None:
+            check_choice(mode, FAST_MODES, "mode")
+        self.fast_path = mode
+        _COMPILED.pop(self, None)
+        return self
+
+    def _fast_chunk(self, obs, task, prefix, x0, steps, solver) -> Tensor:
+        steps = check_positive_int(self.default_steps if steps is None else steps, "steps")
+        solver = solver or self.default_solver
+        if solver not in FIXED_SOLVERS:
+            raise ValueError(f"act uses fixed-grid solvers {tuple(FIXED_SOLVERS)}, got {solver!r}")
+        mode = self.fast_path
+        if mode == "eager" or (mode == "reduce-overhead" and x0.device.type != "cuda"):
+            fn = _chunk_fn(self.net, *self.t_span)
+            out = fn(obs, task, prefix, x0, steps, solver)
+        else:
+            fns = _COMPILED.setdefault(self, {})
+            if mode not in fns:
+                fns[mode] = torch.compile(_chunk_fn(self.net, *self.t_span), mode=mode, dynamic=False)
+            if mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            # A CUDA-graph output is overwritten by the next replay: hand back a copy.
+            out = fns[mode](obs, task, prefix, x0, steps, solver).clone()
+        self.nfe = steps * len(FIXED_SOLVERS[solver].c)
+        return check_finite(out, "generated action chunk")
 
     def extra_repr(self) -> str:
         return (f"obs_dim={self.obs_dim}, action_dim={self.action_dim}, horizon={self.horizon}, "

@@ -65,6 +65,7 @@ class FitConfig:
     tensorboard: bool | None
     distributed: bool | None
     explicit: frozenset = frozenset()
+    compile: bool = False
 
     @classmethod
     def resolve(cls, model: nn.Module, options: dict[str, Any]) -> FitConfig:
@@ -101,6 +102,8 @@ class FitConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {o['val_fraction']!r}")
         if o["amp"] and o["amp"] is not True and o["amp"] not in _AMP:
             raise ValueError(f"amp must be True, False, 'bf16' or 'fp16', got {o['amp']!r}")
+        if not isinstance(o.get("compile", False), bool):
+            raise ValueError(f"compile must be True or False, got {o['compile']!r}")
         o["standardize"] = _standardize(o["standardize"], model)
         o["out_dir"] = Path(o["out_dir"]) if o["out_dir"] is not None else None
         explicit = frozenset(k for k in ("batch_size", "lr") if options[k] is not None)

@@ -37,6 +37,7 @@ from pushforward.transforms.preprocess import Logit, ScaleToUnit
 from pushforward.transforms.residual import ResidualBlock, ScaleShift
 from pushforward.transforms.splines import RationalQuadraticSpline
 from pushforward.transforms.tarflow import TarFlowBlock
+from pushforward.transforms.tails import SinhArcsinh
 
 __all__ = [
     "BernsteinPolynomial",
@@ -49,6 +50,7 @@ __all__ = [
     "Affine",
     "Chain",
     "RationalQuadraticSpline",
+    "SinhArcsinh",
     "inverse_autoregressive",
     "ActNorm",
     "ActNorm2d",
