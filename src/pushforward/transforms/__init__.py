@@ -36,8 +36,8 @@ from pushforward.transforms.polynomial import BernsteinPolynomial
 from pushforward.transforms.preprocess import Logit, ScaleToUnit
 from pushforward.transforms.residual import ResidualBlock, ScaleShift
 from pushforward.transforms.splines import RationalQuadraticSpline
-from pushforward.transforms.tarflow import TarFlowBlock
 from pushforward.transforms.tails import SinhArcsinh
+from pushforward.transforms.tarflow import TarFlowBlock
 
 __all__ = [
     "BernsteinPolynomial",
