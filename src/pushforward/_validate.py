@@ -189,6 +189,39 @@ def check_numeric_arguments(signature, args: tuple, kwargs: dict, owner: str, si
                 raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
 
 
+def constructor_signature(cls: type) -> inspect.Signature:
+    """The signature of ``cls(...)`` with the options that its ``__init__``'s ``**kwargs`` forwards
+    to the base classes merged in (MRO order, the nearest declaration wins).
+
+    A subclass thus lists only its own options and the ones whose default it changes
+    (``def __init__(self, dim=None, context_dim=0, image_shape=None, *, steps=1, **options)``);
+    the registry records the merged set. Base parameters other than the subclass's positional ones
+    become keyword-only; a ``**kwargs`` remains only if the chain ends in one.
+    """
+    positional, keyword, seen, var_kw = [], [], set(), None
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        first = not positional and not keyword
+        var_kw = None
+        for p in params:
+            if p.kind is p.VAR_KEYWORD:
+                var_kw = p
+            elif p.kind is p.VAR_POSITIONAL or p.name in seen:
+                continue
+            elif first and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                positional.append(p)
+                seen.add(p.name)
+            else:
+                keyword.append(p.replace(kind=p.KEYWORD_ONLY))
+                seen.add(p.name)
+        if var_kw is None:
+            break
+    return inspect.Signature(positional + keyword + ([var_kw] if var_kw is not None else []))
+
+
 class CheckedArguments(type):
     """Metaclass of the public base classes (``FlowModel``, ``Transform``): calling any subclass
     first runs :func:`check_numeric_arguments` on the call against that class's signature, so
@@ -199,8 +232,7 @@ class CheckedArguments(type):
     def __signature__(cls) -> inspect.Signature:
         # inspect.signature(cls) would otherwise report this __call__'s (*args, **kwargs).
         # Not cached: a class's defaults may change at run time (tests patch them).
-        init = inspect.signature(cls.__init__)
-        return init.replace(parameters=list(init.parameters.values())[1:])
+        return constructor_signature(cls)
 
     def __call__(cls, *args, **kwargs):
         check_numeric_arguments(cls.__signature__, args, kwargs, cls.__name__,

@@ -40,10 +40,7 @@ from torch import Tensor, nn
 
 from pushforward._validate import check_choice, check_positive_int
 from pushforward.continuous.cnf import Field
-from pushforward.continuous.ode import SOLVERS
-from pushforward.matching.couplings import PairCoupling
 from pushforward.matching.models import FlowMatching, _default_net, _event_shape
-from pushforward.matching.time_samplers import TimeSampler
 from pushforward.nets.time import SinusoidalEmbedding, batch_times
 from pushforward.registry import register
 
@@ -134,21 +131,21 @@ class FewStepFlow(FlowMatching):
     default_steps = 1
     default_solver = "midpoint"
 
-    def __init__(self, dim, context_dim, image_shape, net, coupling, ot_block, ot_reg, by_context,
-                 time_sampler, hidden, time_embed, activation, width, cond_drop, guidance, steps, sampler,
-                 solver, logprob_solver):
+    straight_path_only = True
+
+    def __init__(self, dim: int | Sequence[int] | None = None, context_dim: int = 0,
+                 image_shape: Sequence[int] | None = None, *, net: nn.Module | None = None,
+                 hidden: Sequence[int] = (128, 128, 128), time_embed: int = 32, activation: str = "silu",
+                 width: int = 32, steps: int = 1, sampler: str = "fewstep", **options):
+        # **options: FlowMatching's (coupling, time_sampler, cond_drop, guidance, solver, ...).
         check_choice(sampler, SAMPLERS, "sampler")
-        check_choice(solver, SOLVERS, "solver")
         if net is None:
             event_shape = _event_shape(dim, image_shape)
             e = time_embed or 1
             inner = _default_net(event_shape, context_dim + e, hidden, time_embed, activation, width)
             net = StepNet(inner, time_embed)
-        super().__init__(dim, context_dim, image_shape, net=net, path="ot", coupling=coupling, ot_block=ot_block,
-                         ot_reg=ot_reg, by_context=by_context, time_sampler=time_sampler, hidden=hidden,
-                         time_embed=time_embed, activation=activation, width=width, cond_drop=cond_drop,
-                         guidance=guidance, steps=check_positive_int(steps, "steps"), solver=solver,
-                         logprob_solver=logprob_solver)
+        super().__init__(dim, context_dim, image_shape, net=net, hidden=hidden, time_embed=time_embed,
+                         activation=activation, width=width, steps=check_positive_int(steps, "steps"), **options)
         self.sampler = sampler
 
     # ----------------------------------------------------------------- fields
@@ -240,30 +237,13 @@ class MeanFlow(FewStepFlow):
         context_dim: int = 0,
         image_shape: Sequence[int] | None = None,
         *,
-        net: nn.Module | None = None,
-        coupling: str | PairCoupling = "independent",
-        ot_block: int | None = 32,
-        ot_reg: float = 0.05,
-        by_context: bool = False,
-        time_sampler: str | TimeSampler = "uniform",
-        hidden: Sequence[int] = (128, 128, 128),
-        time_embed: int = 32,
-        activation: str = "silu",
-        width: int = 32,
-        cond_drop: float = 0.0,
-        guidance: float = 1.0,
-        steps: int = 1,
-        sampler: str = "fewstep",
-        solver: str = "midpoint",
-        logprob_solver: str = "dopri5",
         flow_ratio: float = 0.75,
         loss: str = "meanflow",
         jvp: str = "jvp",
         adaptive_p: float = 0.0,
+        **options,  # FewStepFlow's and FlowMatching's (the registry records them)
     ):
-        super().__init__(dim, context_dim, image_shape, net, coupling, ot_block, ot_reg, by_context, time_sampler,
-                         hidden, time_embed, activation, width, cond_drop, guidance, steps, sampler, solver,
-                         logprob_solver)
+        super().__init__(dim, context_dim, image_shape, **options)
         if not 0.0 <= flow_ratio <= 1.0:
             raise ValueError(f"flow_ratio must be in [0, 1], got {flow_ratio!r}")
         if not (adaptive_p >= 0.0 and math.isfinite(adaptive_p)):
@@ -332,28 +312,11 @@ class Shortcut(FewStepFlow):
         context_dim: int = 0,
         image_shape: Sequence[int] | None = None,
         *,
-        net: nn.Module | None = None,
-        coupling: str | PairCoupling = "independent",
-        ot_block: int | None = 32,
-        ot_reg: float = 0.05,
-        by_context: bool = False,
-        time_sampler: str | TimeSampler = "uniform",
-        hidden: Sequence[int] = (128, 128, 128),
-        time_embed: int = 32,
-        activation: str = "silu",
-        width: int = 32,
-        cond_drop: float = 0.0,
-        guidance: float = 1.0,
-        steps: int = 1,
-        sampler: str = "fewstep",
-        solver: str = "midpoint",
-        logprob_solver: str = "dopri5",
         consistency_fraction: float = 0.25,
         max_steps: int = 128,
+        **options,  # FewStepFlow's and FlowMatching's (the registry records them)
     ):
-        super().__init__(dim, context_dim, image_shape, net, coupling, ot_block, ot_reg, by_context, time_sampler,
-                         hidden, time_embed, activation, width, cond_drop, guidance, steps, sampler, solver,
-                         logprob_solver)
+        super().__init__(dim, context_dim, image_shape, **options)
         if not 0.0 < consistency_fraction < 1.0:
             raise ValueError(f"consistency_fraction must be in (0, 1), got {consistency_fraction!r}")
         check_positive_int(max_steps, "max_steps")
@@ -423,29 +386,12 @@ class ConsistencyFM(FewStepFlow):
         context_dim: int = 0,
         image_shape: Sequence[int] | None = None,
         *,
-        net: nn.Module | None = None,
-        coupling: str | PairCoupling = "independent",
-        ot_block: int | None = 32,
-        ot_reg: float = 0.05,
-        by_context: bool = False,
-        time_sampler: str | TimeSampler = "uniform",
-        hidden: Sequence[int] = (128, 128, 128),
-        time_embed: int = 32,
-        activation: str = "silu",
-        width: int = 32,
-        cond_drop: float = 0.0,
-        guidance: float = 1.0,
-        steps: int = 1,
-        sampler: str = "fewstep",
-        solver: str = "midpoint",
-        logprob_solver: str = "dopri5",
         delta: float = 0.05,
         alpha: float = 1e-1,
         fm_weight: float = 0.0,
+        **options,  # FewStepFlow's and FlowMatching's (the registry records them)
     ):
-        super().__init__(dim, context_dim, image_shape, net, coupling, ot_block, ot_reg, by_context, time_sampler,
-                         hidden, time_embed, activation, width, cond_drop, guidance, steps, sampler, solver,
-                         logprob_solver)
+        super().__init__(dim, context_dim, image_shape, **options)
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {delta!r}")
         for value, what in ((alpha, "alpha"), (fm_weight, "fm_weight")):

@@ -19,13 +19,12 @@ import time
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pushforward._validate import check_choice, check_positive_int
 from pushforward.continuous.ode import SOLVERS, odeint
-from pushforward.matching.couplings import IndependentCoupling, PairCoupling
+from pushforward.matching.couplings import IndependentCoupling
 from pushforward.matching.models import FlowMatching
-from pushforward.matching.time_samplers import TimeSampler
 from pushforward.registry import register
 
 
@@ -64,36 +63,15 @@ class RectifiedFlow(FlowMatching):
         context_dim: int = 0,
         image_shape: Sequence[int] | None = None,
         *,
-        net: nn.Module | None = None,
-        path: str = "ot",
-        sigma_min: float = 0.0,
-        sigma: float = 0.5,
-        coupling: str | PairCoupling = "independent",
-        ot_block: int | None = 32,
-        ot_reg: float = 0.05,
-        by_context: bool = False,
-        time_sampler: str | TimeSampler = "uniform",
-        hidden: Sequence[int] = (128, 128, 128),
-        time_embed: int = 32,
-        activation: str = "silu",
-        width: int = 32,
-        cond_drop: float = 0.0,
-        guidance: float = 1.0,
-        steps: int = 16,
-        solver: str = "midpoint",
-        logprob_solver: str = "dopri5",
         reflow_rounds: int = 1,
         distill: bool = False,
         budget_split: Sequence[float] | None = None,
         reflow_pairs: int = 10_000,
         pair_solver: str = "dopri5",
         pair_steps: int | None = None,
+        **options,  # FlowMatching's (the registry records them from its signature)
     ):
-        super().__init__(dim, context_dim, image_shape, net=net, path=path, sigma_min=sigma_min, sigma=sigma,
-                         coupling=coupling, ot_block=ot_block, ot_reg=ot_reg, by_context=by_context,
-                         time_sampler=time_sampler, hidden=hidden, time_embed=time_embed, activation=activation,
-                         width=width, cond_drop=cond_drop, guidance=guidance, steps=steps, solver=solver,
-                         logprob_solver=logprob_solver)
+        super().__init__(dim, context_dim, image_shape, **options)
         if isinstance(reflow_rounds, bool) or not isinstance(reflow_rounds, int) or reflow_rounds < 0:
             raise ValueError(f"reflow_rounds must be an int >= 0, got {reflow_rounds!r}")
         check_choice(pair_solver, SOLVERS, "pair_solver")
