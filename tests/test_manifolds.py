@@ -224,13 +224,13 @@ def test_context_changes_the_density(name):
         model.log_prob(x, c[:, :2])
 
 
-@pytest.mark.parametrize("bad", ["off", "shape", "rank", "nan", "int", "float32"])
+@pytest.mark.parametrize("bad", ["off", "shape", "rank", "nan", "int", "complex"])
 @pytest.mark.parametrize("name", list(NAMES))
 def test_bad_input_is_named(name, bad):
     model = _make(name)
     x = _points(name)
     match = {"off": "sphere" if name == "sphere-fm" else r"\[-pi, pi\)", "shape": "shape", "rank": "shape",
-             "nan": "non-finite", "int": "floating-point", "float32": "dtype"}[bad]
+             "nan": "non-finite", "int": "floating-point", "complex": "complex"}[bad]
     if bad == "off":
         x = x * 1.1 if name == "sphere-fm" else x + 2 * math.pi
     elif bad == "shape":
@@ -243,11 +243,20 @@ def test_bad_input_is_named(name, bad):
     elif bad == "int":
         x = x.long()
     else:
-        x = x.float()
+        x = x.to(torch.complex128)
     with pytest.raises((ValueError, TypeError), match=match):
         model.log_prob(x)
     with pytest.raises((ValueError, TypeError), match=match):
         model.loss(x)
+
+
+@pytest.mark.parametrize("name", list(NAMES))
+def test_other_float_dtypes_follow_the_project_rule_and_are_cast(name):
+    # docs/conventions.md: real inputs are cast to the model's dtype.
+    model = _make(name)
+    x = _points(name)
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob(x.float()), model.log_prob(x.float().to(x.dtype)))
 
 
 def test_sphere_needs_an_ambient_dimension_of_at_least_two_and_options_are_checked():
