@@ -23,7 +23,7 @@ from pushforward._validate import numeric_kind
 from pushforward.registry import entry
 
 # Build arguments for names that do not take 2-D vectors.
-SPECIAL = {"cdf": dict(dim=1), "glow": dict(image_shape=(1, 4, 4))}
+SPECIAL = {"cdf": dict(dim=1), "glow": dict(image_shape=(1, 4, 4)), "tarflow": dict(image_shape=(1, 4, 4))}
 POLICY = dict(dim=2, context_dim=3)
 # Arguments where a negative number is meaningful (none yet): name -> set of parameters.
 NEGATIVE_OK: dict[str, set] = {}

@@ -151,7 +151,8 @@ STANDARDIZED = [n for n in NAMES if pf.build(n, **_kwargs(n)).standardize_by_def
 
 def test_which_names_are_conditional_and_standardized():
     assert sorted(set(NAMES) - set(CONDITIONAL)) == []
-    assert sorted(set(NAMES) - set(STANDARDIZED)) == ["glow"]
+    # Images and angles keep their own units (no per-dimension standardization).
+    assert sorted(set(NAMES) - set(STANDARDIZED)) == ["circular-nsf", "glow", "tarflow"]
 
 
 @pytest.mark.parametrize("name", CONDITIONAL)

@@ -132,6 +132,7 @@ class FewStepFlow(FlowMatching):
     default_solver = "midpoint"
 
     straight_path_only = True
+    default_explode_factor = None  # the target moves with the network: its loss may rise legitimately
 
     def __init__(self, dim: int | Sequence[int] | None = None, context_dim: int = 0,
                  image_shape: Sequence[int] | None = None, *, net: nn.Module | None = None,

@@ -96,6 +96,10 @@ class FitConfig:
         ce = o.pop("checkpoint_every")
         o["checkpoint_auto"] = ce == "auto"
         o["checkpoint_steps"], o["checkpoint_secs"] = (None, None) if ce == "auto" else _checkpoint_every(ce)
+        if o["explode_factor"] == "auto":
+            # Bootstrapped objectives (MeanFlow, shortcut, consistency: the target moves with the
+            # network) may rise legitimately; such models set default_explode_factor = None.
+            o["explode_factor"] = getattr(model, "default_explode_factor", 10.0)
         _check_explode(o["explode_factor"], o["explode_window"])
         o["seed"] = _seed(o["seed"])
         if o["val_fraction"] is not None and not 0 <= o["val_fraction"] < 1:

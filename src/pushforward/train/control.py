@@ -199,6 +199,10 @@ class Rollback:
             self.pending = (state, loss, step)
         return None
 
+    def new_objective(self) -> None:
+        """The objective changed (a new training stage): the running best starts again."""
+        self.best, self.high = math.inf, 0
+
     def confirm(self, loss: float) -> None:
         """After a step whose loss was finite: the candidate it was computed from is good."""
         if self.best == math.inf:

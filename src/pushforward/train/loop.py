@@ -71,7 +71,7 @@ def fit(
     progress: bool | None = None,
     tensorboard: bool | None = None,
     distributed: bool | None = None,
-    explode_factor: float | None = 10.0,
+    explode_factor: float | None | str = "auto",
     explode_window: int = 5,
     compile: bool = False,
 ) -> History:
@@ -137,7 +137,9 @@ def fit(
         explode_factor, explode_window: the loss has exploded when the logged loss stays above
             ``best + explode_factor * max(1, |best|)`` (``best``: the lowest logged loss so far)
             at ``explode_window`` logs in a row; training then stops like a divergence.
-            ``explode_factor=None`` turns this off.
+            ``explode_factor=None`` turns this off; ``"auto"`` (default) takes
+            ``model.default_explode_factor`` or 10 (None for models whose regression target moves
+            with the network: MeanFlow, shortcut, consistency).
         compile: run the training loss through ``torch.compile`` (fewer kernel launches for
             small models on a GPU; the first steps pay the compilation). Same results as eager
             within float tolerance; random draws inside a compiled loss come from inductor's
@@ -408,6 +410,7 @@ class _Trainer:
                                            announce=self.main and bool(self.config.progress))
         if entered:
             self.evaluator.best, self.evaluator.bad_evals = None, 0
+            self.rollback.new_objective()
         self.schedule.apply(self.opt, *self.stages.local_clock(local))
 
     def _log_due(self, due_eval: bool, reason: str | None) -> bool:
