@@ -24,7 +24,7 @@ module              classes                                         names
 """
 
 from pushforward.flows.autoregressive import IAF, MAF, AutoregressiveFlow
-from pushforward.flows.base import NormalizingFlow
+from pushforward.flows.base import ImageFlow, NormalizingFlow
 from pushforward.flows.circular import CircularSplineFlow
 from pushforward.flows.coupling import NICE, CouplingFlow, RealNVP
 from pushforward.flows.elementary import CDFFlow, PlanarFlow, RadialFlow, ResidualFlow
@@ -48,6 +48,7 @@ __all__ = [
     "CouplingFlow",
     "GlowFlow",
     "NeuralSplineFlow",
+    "ImageFlow",
     "NormalizingFlow",
     "PlanarFlow",
     "RadialFlow",

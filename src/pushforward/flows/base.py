@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -103,3 +104,23 @@ class NormalizingFlow(FlowModel):
         x = self._check_x(x)
         context = self._check_context(context, x.shape[0])
         self.transform.initialize(self.standardize(x), context)
+
+
+class ImageFlow(NormalizingFlow):
+    """A :class:`NormalizingFlow` over images ``[N, C, H, W]`` (Glow, TarFlow): the shape check
+    names the expected ``[N, C, H, W]`` (with a reshape hint for flat data), and ``num_dims``."""
+
+    @property
+    def num_dims(self) -> int:
+        """``D = C * H * W``."""
+        return math.prod(self.event_shape)
+
+    def _check_x(self, x: Tensor, name: str = "x") -> Tensor:
+        if isinstance(x, Tensor) and tuple(x.shape[1:]) != self.event_shape:
+            c, h, w = self.event_shape
+            flat = x.dim() == 2 and x.shape[1] == c * h * w
+            hint = f"; reshape flat data with x.reshape(-1, {c}, {h}, {w})" if flat else ""
+            kind = self.config["name"] if self.config else type(self).__name__
+            raise ValueError(f"{kind} expects images of shape [N, {c}, {h}, {w}] (N, C, H, W), "
+                             f"got {list(x.shape)}{hint}")
+        return super()._check_x(x, name)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from pushforward.distributions import StandardNormal
-from pushforward.flows.base import NormalizingFlow
+from pushforward.flows.base import ImageFlow
 from pushforward.registry import register
 from pushforward.transforms.glow import ActNorm2d, MultiScaleGlow, default_levels
 from pushforward.transforms.preprocess import Logit, ScaleToUnit, bits_per_dim, uniform_dequantize
@@ -47,7 +47,7 @@ def _check_image_shape(image_shape, dim: int | None, levels: int | None) -> tupl
 
 
 @register("glow", "Glow (Kingma & Dhariwal 2018): multi-scale ActNorm + 1x1 conv + affine coupling image flow")
-class GlowFlow(NormalizingFlow):
+class GlowFlow(ImageFlow):
     """Glow over images ``[N, C, H, W]``, a density in the user's data units.
 
     **Data and units.** With ``num_bins = B`` (an integer), data are discrete levels
@@ -129,20 +129,6 @@ class GlowFlow(NormalizingFlow):
                 (hi_p * num_bins - 0.5) * self.bin_width,
             )
 
-    @property
-    def num_dims(self) -> int:
-        """``D = C * H * W``."""
-        return math.prod(self.event_shape)
-
-    # ------------------------------------------------------------------ validation
-    def _check_x(self, x: Tensor, name: str = "x") -> Tensor:
-        if isinstance(x, Tensor) and tuple(x.shape[1:]) != self.event_shape:
-            c, h, w = self.event_shape
-            hint = f"; reshape flat data with x.reshape(-1, {c}, {h}, {w})" if x.dim() == 2 and x.shape[1] == c * h * w else ""
-            raise ValueError(
-                f"glow expects images of shape [N, {c}, {h}, {w}] (N, C, H, W), got {list(x.shape)}{hint}"
-            )
-        return super()._check_x(x, name)
 
     def _check_range(self, x: Tensor) -> None:
         lo, hi = float(x.min()), float(x.max())

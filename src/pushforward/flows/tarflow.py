@@ -19,7 +19,6 @@ Example (sklearn's 8x8 digits, integer pixels 0..16):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from pushforward._validate import check_int_range, check_positive_float, check_positive_int
 from pushforward.distributions import StandardNormal
-from pushforward.flows.base import NormalizingFlow
+from pushforward.flows.base import ImageFlow
 from pushforward.registry import register
 from pushforward.transforms.base import FixedAffine
 from pushforward.transforms.preprocess import bits_per_dim, uniform_dequantize
@@ -37,7 +36,7 @@ __all__ = ["TarFlow"]
 
 
 @register("tarflow", "TarFlow (Zhai et al. 2025): causal-transformer autoregressive flow over image patches")
-class TarFlow(NormalizingFlow):
+class TarFlow(ImageFlow):
     """TarFlow over images ``[N, C, H, W]``, a density in the user's data units.
 
     **Data.** As :class:`pushforward.flows.GlowFlow`: with ``num_bins = B`` data are levels
@@ -105,16 +104,6 @@ class TarFlow(NormalizingFlow):
         ]
         super().__init__(chain, StandardNormal((c, h, w)), context_dim=context_dim)
 
-    @property
-    def num_dims(self) -> int:
-        """``D = C * H * W``."""
-        return math.prod(self.event_shape)
-
-    def _check_x(self, x: Tensor, name: str = "x") -> Tensor:
-        if isinstance(x, Tensor) and tuple(x.shape[1:]) != self.event_shape:
-            c, h, w = self.event_shape
-            raise ValueError(f"tarflow expects images of shape [N, {c}, {h}, {w}] (N, C, H, W), got {list(x.shape)}")
-        return super()._check_x(x, name)
 
     def _check_range(self, x: Tensor) -> None:
         lo, hi = float(x.min()), float(x.max())
