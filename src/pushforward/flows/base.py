@@ -11,6 +11,7 @@ from torch import Tensor
 from pushforward.distributions import Distribution, StandardNormal
 from pushforward.models import FlowModel
 from pushforward.transforms.base import Compose, Transform
+from pushforward.transforms.preprocess import bits_per_dim, uniform_dequantize
 
 
 class NormalizingFlow(FlowModel):
@@ -108,7 +109,8 @@ class NormalizingFlow(FlowModel):
 
 class ImageFlow(NormalizingFlow):
     """A :class:`NormalizingFlow` over images ``[N, C, H, W]`` (Glow, TarFlow): the shape check
-    names the expected ``[N, C, H, W]`` (with a reshape hint for flat data), and ``num_dims``."""
+    names the expected ``[N, C, H, W]`` (with a reshape hint for flat data), ``num_dims`` and
+    ``bits_per_dim``. Subclasses set ``num_bins`` (None: continuous data) and ``bin_width``."""
 
     @property
     def num_dims(self) -> int:
@@ -124,3 +126,24 @@ class ImageFlow(NormalizingFlow):
             raise ValueError(f"{kind} expects images of shape [N, {c}, {h}, {w}] (N, C, H, W), "
                              f"got {list(x.shape)}{hint}")
         return super()._check_x(x, name)
+
+    def bits_per_dim(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        dequantize: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Bits per dimension of discrete images ``[N, C, H, W]`` -> ``[N]``.
+
+        ``bpd = -(log p(x) + D log w) / (D ln 2)`` with ``w`` the bin width in data units.
+        ``dequantize=False``: ``p`` at the bin centres (deterministic); ``True``: at ``x + u``,
+        ``u ~ U[-w/2, w/2)``, a one-sample estimate of the variational upper bound. Needs
+        ``num_bins``.
+        """
+        if self.num_bins is None:
+            raise ValueError("bits_per_dim needs discrete data: this model was built with num_bins=None")
+        x = self._check_x(x)
+        if dequantize:
+            x = uniform_dequantize(x, self.bin_width, generator)
+        return bits_per_dim(self.log_prob(x, context), self.num_dims, self.bin_width)

@@ -196,26 +196,5 @@ class GlowFlow(ImageFlow):
         self._check_range(x)
         self.transform.initialize(self._dequantize(x), context)
 
-    def bits_per_dim(
-        self,
-        x: Tensor,
-        context: Tensor | None = None,
-        dequantize: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Bits per dimension of discrete images ``[N, C, H, W]`` -> ``[N]``.
-
-        ``bpd = -(log p(x) + D log w) / (D ln 2)`` with ``w`` the bin width in data units.
-        ``dequantize=False``: ``p`` at the bin centres (deterministic); ``True``: at ``x + u``,
-        ``u ~ U[-w/2, w/2)``, a one-sample estimate of the variational upper bound. Needs
-        ``num_bins``.
-        """
-        if self.num_bins is None:
-            raise ValueError("bits_per_dim needs discrete data: this model was built with num_bins=None")
-        x = self._check_x(x)
-        if dequantize:
-            x = uniform_dequantize(x, self.bin_width, generator)
-        return bits_per_dim(self.log_prob(x, context), self.num_dims, self.bin_width)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_bins={self.num_bins}, unit_range={self.unit_range}"

@@ -167,19 +167,5 @@ class TarFlow(ImageFlow):
         x, ladj = self.transform.inverse(z, context)
         return x, self.base.log_prob(z, context) - ladj
 
-    def bits_per_dim(self, x: Tensor, context: Tensor | None = None, dequantize: bool = False,
-                     generator: torch.Generator | None = None) -> Tensor:
-        """Bits per dimension of discrete images ``[N, C, H, W]`` -> ``[N]`` (as :meth:`GlowFlow.bits_per_dim`).
-
-        ``dequantize=True`` evaluates at ``x + u``, ``u ~ U[-w/2, w/2)``: a one-sample estimate
-        of an upper bound on the discrete code length (valid for any density).
-        """
-        if self.num_bins is None:
-            raise ValueError("bits_per_dim needs discrete data: this model was built with num_bins=None")
-        x = self._check_x(x)
-        if dequantize:
-            x = uniform_dequantize(x, self.bin_width, generator)
-        return bits_per_dim(self.log_prob(x, context), self.num_dims, self.bin_width)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_bins={self.num_bins}, noise_std={self.noise_std}"
