@@ -242,3 +242,21 @@ def test_full_disk_during_training_exits_naming_the_path(tmp_path, capsys, data_
     code, _, err = run(capsys, "train", "realnvp", "--data", data_file, "--steps", 3, "--out", out, *TINY)
     line = one_line(code, err, "no space left on device", str(out / "last.pt"), status=1)
     assert "Traceback" not in line
+
+
+def test_a_file_whose_unpickling_runs_out_of_memory_is_named(tmp_path, monkeypatch):
+    # Random bytes sometimes make the unpickler ask for an absurd allocation (seen in CI): that is
+    # a corrupt file too, named as such, not a raw MemoryError.
+    import torch
+
+    from pushforward.models import read_torch_file
+
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"\x80\x02garbage")
+
+    def oom(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(torch, "load", oom)
+    with pytest.raises(ValueError, match="garbage.pt.*not a readable.*out of memory"):
+        read_torch_file(path)

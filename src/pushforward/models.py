@@ -214,8 +214,13 @@ def read_torch_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         return torch.load(p, map_location=map_location, weights_only=False)
     except PermissionError:
         raise
-    except (MemoryError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         raise
+    except MemoryError:
+        # Unpickling garbage asks for absurd allocations: random bytes often end here, not in a
+        # format error (a real file larger than memory is the other possibility; say both).
+        raise ValueError(f"{str(p)!r} is not a readable {what}: reading it ran out of memory "
+                         "(a corrupt file, or one larger than this machine's memory)") from None
     except Exception as e:  # unpickling, zip and storage errors all mean "not this format"
         why = " ".join(str(e).split())[:160] or type(e).__name__
         raise ValueError(f"{str(p)!r} is not a readable {what} (truncated, corrupt or another format: {why})") from None
