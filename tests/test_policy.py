@@ -341,3 +341,30 @@ def test_rollout_stops_on_nonfinite_observation():
 
     ep = rollout(Blowup(), lambda o: np.zeros(2), seed=0, max_steps=10)
     assert ep["nonfinite_obs"] and ep["steps"] == 1 and np.isfinite(ep["obs"]).all()
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_tasks": 3}])
+def test_lean_act_decoder_equals_the_module_decode_path(kw, gen):
+    # act's decoder (folded weights once per chunk, functional block steps, cached time terms)
+    # against the original per-step net.decode path, float64, same noise; also with a prefix.
+    from pushforward.continuous.cnf import Field
+
+    torch.manual_seed(0)
+    p = FlowPolicy(OBS, A, H, width=32, depth=3, heads=4, **kw).double()
+    with torch.no_grad():
+        for q in p.parameters():
+            q.add_(0.05 * torch.randn(q.shape, generator=gen, dtype=q.dtype))
+    p.eval()
+    obs = torch.randn(3, OBS, dtype=torch.float64)
+    task = torch.tensor([0, 2, 1]) if kw else None
+    got = p.act(obs, task, steps=10, generator=torch.Generator().manual_seed(4))
+    assert not got.is_inference()
+    with torch.no_grad():
+        obs_n, tk = p._split_context(p._obs_context(obs, task))
+        x0 = p.base.sample(3, None, torch.Generator().manual_seed(4))
+        cache = p.net.encode(obs_n, tk)
+        ref = p.unstandardize(p._solve(Field(lambda x, t: p.net.decode(x, t, cache)), x0, "euler", 10))
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    x, t = torch.randn(3, H, A, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(p.net.decoder(cache)(x, t), p.net.decode(x, t, cache), rtol=1e-12, atol=1e-12)

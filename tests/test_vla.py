@@ -318,3 +318,26 @@ def test_fused_action_embedding_is_the_unfused_function():
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     got.sum().backward()  # every parameter of the fused path still trains
     assert all(p.grad is not None for p in (*net.in_action.parameters(), *net.action_time.parameters(), net.pos))
+
+
+def test_lean_act_decoder_equals_the_module_decode_path():
+    # act's decoder (folded weights once per chunk, functional block steps, cached time terms)
+    # against the original per-step net.decode path, float64, same noise.
+    from pushforward.continuous.cnf import Field
+
+    p = _policy()
+    images, state = _inputs(3)
+    texts = ["push the T", "", "go"]
+    kw = dict(images=images, state=state, instruction=texts, steps=7)
+    got = p.act(**kw, generator=torch.Generator().manual_seed(5))
+    assert not got.is_inference() and got.dtype == torch.float64
+    with torch.no_grad():
+        x0 = p.base.sample(3, None, torch.Generator().manual_seed(5))
+        cache = p.net.encode(_parts(p, [images], state, texts))
+        ref = p.unstandardize(p._solve(Field(lambda x, t: p.net.decode(x, t, cache)), x0, "euler", 7))
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    # a cache of one observation shared by several chunks still goes through decode
+    with torch.no_grad():
+        c1 = p.net.encode(_parts(p, [images[:1]], state[:1], texts[:1]))
+        x, t = torch.randn(2, T, A, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
+        torch.testing.assert_close(p.net.decoder(c1)(x, t), p.net.decode(x, t, c1), rtol=1e-12, atol=1e-12)

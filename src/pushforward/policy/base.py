@@ -202,9 +202,10 @@ class ChunkPolicyMixin:
                                  f"got {list(p.shape)}")
             check_finite(p, "prefix")
             pre = (p - self.data_loc[: p.shape[1]]) / self.data_scale[: p.shape[1]]
-        with torch.no_grad():
+        with torch.inference_mode():
             obs_n, tk = self._split_context(context)
             out = self.unstandardize(self._act_std(obs_n, tk, generator, prefix=pre, **kwargs))
+        out = out.clone()  # an ordinary tensor (inference tensors cannot enter autograd later)
         return out.cpu().numpy() if isinstance(obs, np.ndarray) else out
 
     def _act_std(self, obs_n: Tensor, task: Tensor | None, generator: torch.Generator | None,

@@ -48,12 +48,18 @@ def expert_field(net: nn.Module, obs: Tensor, task: Tensor | None, prefix: Tenso
     Runge–Kutta solver integrates it exactly, and the network, attending to them, fills in the rest.
     """
     cache = net.encode(obs, task)
+    if not torch.is_grad_enabled() and hasattr(net, "decoder"):
+        # Acting: per-chunk work done once, per-step work in functional calls (the same function).
+        dec = net.decoder(cache)
+    else:
+        def dec(x, t):
+            return net.decode(x, t, cache)
     if prefix is None:
-        return Field(lambda x, t: net.decode(x, t, cache))
+        return Field(dec)
     d, horizon = prefix.shape[1], x0.shape[1]
     mask = (torch.arange(horizon, device=x0.device) < d)[:, None]
     fixed = torch.nn.functional.pad(prefix - x0[:, :d], (0, 0, 0, horizon - d))
-    return Field(lambda x, t: torch.where(mask, fixed, net.decode(x, t, cache)))
+    return Field(lambda x, t: torch.where(mask, fixed, dec(x, t)))
 
 
 FAST_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs", "eager")

@@ -74,6 +74,20 @@ class _Block(nn.Module):
         h = h + self.mlp(self.ln2(h))
         return h, (k, v)
 
+    def step(self, h: Tensor, prefix: tuple[Tensor, Tensor], mask: Tensor | None = None) -> Tensor:
+        """``forward(h, prefix, mask)[0]`` written with functional calls only (no submodule calls,
+        no returned keys/values): the decoder runs this at every flow step, where at batch 1 the
+        framework overhead is most of the time. Equal to :meth:`forward` up to rounding order."""
+        b, n, w = h.shape
+        ln1, ln2, fc1, fc2 = self.ln1, self.ln2, self.mlp[0], self.mlp[2]
+        qkv = F.linear(F.layer_norm(h, (w,), ln1.weight, ln1.bias, ln1.eps), self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2),
+                                           attn_mask=mask)
+        h = h + F.linear(a.transpose(1, 2).reshape(b, n, w), self.proj.weight, self.proj.bias)
+        u = F.gelu(F.linear(F.layer_norm(h, (w,), ln2.weight, ln2.bias, ln2.eps), fc1.weight, fc1.bias))
+        return h + F.linear(u, fc2.weight, fc2.bias)
+
 
 def fused_action_embedding(in_action: nn.Linear, action_time: nn.Sequential, embed_t: nn.Module, pos: Tensor,
                            x: Tensor, t: Tensor | float) -> Tensor:
@@ -91,6 +105,44 @@ def fused_action_embedding(in_action: nn.Linear, action_time: nn.Sequential, emb
     h = F.linear(x, wa @ in_action.weight, torch.addmv(first.bias, wa, in_action.bias))
     h = h + F.linear(embed_t(batch_times(t, x)), wt)[:, None]
     return action_time[2](action_time[1](h)) + pos[: x.shape[1]]
+
+
+def action_embedder(in_action: nn.Linear, action_time: nn.Sequential, embed_t: nn.Module, pos: Tensor):
+    """``(x, t) -> fused_action_embedding(in_action, action_time, embed_t, pos, x, t)`` with the
+    folded weights computed once (per chunk, not per flow step); for frozen weights (acting)."""
+    first, last = action_time[0], action_time[2]
+    w = in_action.out_features
+    wa, wt = first.weight[:, :w], first.weight[:, w:]
+    w_x, b_x = wa @ in_action.weight, torch.addmv(first.bias, wa, in_action.bias)
+    act = action_time[1]
+    times: dict = {}  # the time term of the few step times a fixed-grid solve visits, per batch size
+
+    def embed(x: Tensor, t: Tensor | float) -> Tensor:
+        key = None
+        if x.device.type == "cpu" and (not isinstance(t, Tensor) or t.dim() == 0):
+            key = (float(t), x.shape[0])  # no host sync on CPU
+        te = times.get(key) if key is not None else None
+        if te is None:
+            te = F.linear(embed_t(batch_times(t, x)), wt)[:, None]
+            if key is not None and len(times) < 64:
+                times[key] = te
+        h = F.linear(x, w_x, b_x) + te
+        return F.linear(act(h), last.weight, last.bias) + pos[: x.shape[1]]
+    return embed
+
+
+def action_decoder(embed, blocks, out: nn.Sequential, kvs: list[tuple[Tensor, Tensor]], mask: Tensor | None = None):
+    """``(x, t) -> velocity``: the per-step decoder over a fixed prefix cache, functional calls only
+    (:meth:`_Block.step`); the same function as the experts' ``decode`` for frozen weights."""
+    blocks = list(zip(blocks, kvs))
+    ln, head = out[0], out[1]
+
+    def decode(x: Tensor, t: Tensor | float) -> Tensor:
+        h = embed(x, t)
+        for blk, kv in blocks:
+            h = blk.step(h, kv, mask)
+        return F.linear(F.layer_norm(h, ln.normalized_shape, ln.weight, ln.bias, ln.eps), head.weight, head.bias)
+    return decode
 
 
 class ActionTransformer(nn.Module):
@@ -136,6 +188,12 @@ class ActionTransformer(nn.Module):
         for blk, kv in zip(self.act_blocks, cache):
             h, _ = blk(h, kv)
         return self.out(h)
+
+    def decoder(self, cache: list[tuple[Tensor, Tensor]]):
+        """``(x, t) -> decode(x, t, cache)`` with the per-chunk work (folded embedding weights)
+        done once here; for acting (frozen weights, no gradient)."""
+        embed = action_embedder(self.in_action, self.action_time, self.embed_t, self.pos)
+        return action_decoder(embed, self.act_blocks, self.out, cache)
 
     def forward(self, x: Tensor, t: Tensor | float, obs: Tensor, task: Tensor | None = None) -> Tensor:  # noqa: D102
         return self.decode(x, t, self.encode(obs, task))

@@ -33,7 +33,7 @@ from pushforward.matching.time_samplers import TIME_SAMPLERS
 from pushforward.nets.time import SinusoidalEmbedding
 from pushforward.policy.base import ChunkPolicyMixin
 from pushforward.policy.flow import FlowPolicy
-from pushforward.policy.nets import _Block, fused_action_embedding
+from pushforward.policy.nets import _Block, action_decoder, action_embedder, fused_action_embedding
 from pushforward.policy.text import PAD, VOCAB_SIZE, ByteTokenizer
 from pushforward.policy.vision import ConvPatchEncoder, PretrainedEncoder
 
@@ -107,6 +107,20 @@ class VLANet(nn.Module):
         for blk, kv in zip(self.act_blocks, kvs):
             h, _ = blk(h, kv, mask=full)
         return self.out(h)
+
+    def decoder(self, cache: tuple[list[tuple[Tensor, Tensor]], Tensor]):
+        """``(x, t) -> decode(x, t, cache)`` with the per-chunk work (folded embedding weights,
+        the padded key mask) done once here; for acting (frozen weights, no gradient)."""
+        kvs, mask = cache
+        embed = action_embedder(self.in_action, self.action_time, self.embed_t, self.pos)
+        fast = action_decoder(embed, self.act_blocks, self.out, kvs, F.pad(mask, (0, self.pos.shape[0]), value=True))
+        horizon = self.pos.shape[0]
+
+        def decode(x: Tensor, t: Tensor | float) -> Tensor:
+            if x.shape[0] != mask.shape[0] or x.shape[1] != horizon:
+                return self.decode(x, t, cache)
+            return fast(x, t)
+        return decode
 
     # ----------------------------------------------------------------- one sequence, no cache
     def forward_joint(self, x: Tensor, t: Tensor | float, parts: Parts) -> Tensor:
@@ -298,7 +312,9 @@ class VLAPolicy(FlowPolicy):
             state, images, ids = parts
             parts = (torch.cat([state, state]), [torch.cat([i, i]) for i in images],
                      torch.cat([ids, torch.full_like(ids, PAD)]))
-        if cache:
+        if cache and not torch.is_grad_enabled():
+            v_net = net.decoder(net.encode(parts))  # acting: the same function, per-step work lean
+        elif cache:
             kv = net.encode(parts)
 
             def v_net(x, t):
@@ -369,11 +385,12 @@ class VLAPolicy(FlowPolicy):
                                  f"got {list(p.shape)}")
             check_finite(p, "prefix")
             pre = (p - self.data_loc[: p.shape[1]]) / self.data_scale[: p.shape[1]]
-        with torch.no_grad():
+        with torch.inference_mode():
             parts = (self.normalize_obs(st), [i / 255.0 for i in imgs], ids)
             x0 = self.base.sample(st.shape[0], None, generator)
             field = self._field(parts, guidance, pre, x0, cache)
             out = self.unstandardize(self._integrate(field, x0, steps, solver))
+        out = out.clone()  # an ordinary tensor (inference tensors cannot enter autograd later)
         return out.cpu().numpy() if isinstance(state, np.ndarray) else out
 
     def _act_std(self, obs_n, task, generator, prefix=None, steps=None, solver=None):
