@@ -74,16 +74,26 @@ class _Block(nn.Module):
         h = h + self.mlp(self.ln2(h))
         return h, (k, v)
 
-    def step(self, h: Tensor, prefix: tuple[Tensor, Tensor], mask: Tensor | None = None) -> Tensor:
+    def step(self, h: Tensor, prefix: tuple[Tensor, Tensor], mask: Tensor | None = None,
+             buffers: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``forward(h, prefix, mask)[0]`` written with functional calls only (no submodule calls,
         no returned keys/values): the decoder runs this at every flow step, where at batch 1 the
-        framework overhead is most of the time. Equal to :meth:`forward` up to rounding order."""
+        framework overhead is most of the time. Equal to :meth:`forward` up to rounding order.
+
+        ``buffers``: key/value tensors ``[B, heads, P + n, d]`` already holding the prefix in their
+        first P positions; this step's keys/values are written after it (no concatenation)."""
         b, n, w = h.shape
         ln1, ln2, fc1, fc2 = self.ln1, self.ln2, self.mlp[0], self.mlp[2]
         qkv = F.linear(F.layer_norm(h, (w,), ln1.weight, ln1.bias, ln1.eps), self.qkv.weight, self.qkv.bias)
         q, k, v = qkv.view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2),
-                                           attn_mask=mask)
+        if buffers is not None and buffers[0].shape[0] == b and buffers[0].shape[2] == prefix[0].shape[2] + n:
+            p = prefix[0].shape[2]
+            kk, vv = buffers
+            kk[:, :, p:].copy_(k)
+            vv[:, :, p:].copy_(v)
+        else:
+            kk, vv = torch.cat([prefix[0], k], 2), torch.cat([prefix[1], v], 2)
+        a = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
         h = h + F.linear(a.transpose(1, 2).reshape(b, n, w), self.proj.weight, self.proj.bias)
         u = F.gelu(F.linear(F.layer_norm(h, (w,), ln2.weight, ln2.bias, ln2.eps), fc1.weight, fc1.bias))
         return h + F.linear(u, fc2.weight, fc2.bias)
@@ -115,7 +125,7 @@ def action_embedder(in_action: nn.Linear, action_time: nn.Sequential, embed_t: n
     wa, wt = first.weight[:, :w], first.weight[:, w:]
     w_x, b_x = wa @ in_action.weight, torch.addmv(first.bias, wa, in_action.bias)
     act = action_time[1]
-    times: dict = {}  # the time term of the few step times a fixed-grid solve visits, per batch size
+    times: dict = {}  # the time term per step time (a Runge-Kutta solve revisits its stage times)
 
     def embed(x: Tensor, t: Tensor | float) -> Tensor:
         key = None
@@ -131,16 +141,21 @@ def action_embedder(in_action: nn.Linear, action_time: nn.Sequential, embed_t: n
     return embed
 
 
-def action_decoder(embed, blocks, out: nn.Sequential, kvs: list[tuple[Tensor, Tensor]], mask: Tensor | None = None):
+def action_decoder(embed, blocks, out: nn.Sequential, kvs: list[tuple[Tensor, Tensor]], mask: Tensor | None = None,
+                   horizon: int | None = None):
     """``(x, t) -> velocity``: the per-step decoder over a fixed prefix cache, functional calls only
     (:meth:`_Block.step`); the same function as the experts' ``decode`` for frozen weights."""
-    blocks = list(zip(blocks, kvs))
     ln, head = out[0], out[1]
+    horizon = None if horizon is None else int(horizon)
+    # Key/value buffers holding the prefix once, the action part rewritten at every step.
+    bufs = [None if horizon is None else tuple(torch.cat([c, c.new_zeros(*c.shape[:2], horizon, c.shape[3])], 2)
+                                               for c in kv) for kv in kvs]
+    blocks = list(zip(blocks, kvs, bufs))
 
     def decode(x: Tensor, t: Tensor | float) -> Tensor:
         h = embed(x, t)
-        for blk, kv in blocks:
-            h = blk.step(h, kv, mask)
+        for blk, kv, buf in blocks:
+            h = blk.step(h, kv, mask, buf)
         return F.linear(F.layer_norm(h, ln.normalized_shape, ln.weight, ln.bias, ln.eps), head.weight, head.bias)
     return decode
 
@@ -193,7 +208,7 @@ class ActionTransformer(nn.Module):
         """``(x, t) -> decode(x, t, cache)`` with the per-chunk work (folded embedding weights)
         done once here; for acting (frozen weights, no gradient)."""
         embed = action_embedder(self.in_action, self.action_time, self.embed_t, self.pos)
-        return action_decoder(embed, self.act_blocks, self.out, cache)
+        return action_decoder(embed, self.act_blocks, self.out, cache, horizon=self.pos.shape[0])
 
     def forward(self, x: Tensor, t: Tensor | float, obs: Tensor, task: Tensor | None = None) -> Tensor:  # noqa: D102
         return self.decode(x, t, self.encode(obs, task))

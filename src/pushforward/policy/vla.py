@@ -113,7 +113,8 @@ class VLANet(nn.Module):
         the padded key mask) done once here; for acting (frozen weights, no gradient)."""
         kvs, mask = cache
         embed = action_embedder(self.in_action, self.action_time, self.embed_t, self.pos)
-        fast = action_decoder(embed, self.act_blocks, self.out, kvs, F.pad(mask, (0, self.pos.shape[0]), value=True))
+        fast = action_decoder(embed, self.act_blocks, self.out, kvs, F.pad(mask, (0, self.pos.shape[0]), value=True),
+                              horizon=self.pos.shape[0])
         horizon = self.pos.shape[0]
 
         def decode(x: Tensor, t: Tensor | float) -> Tensor:
