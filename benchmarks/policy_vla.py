@@ -142,17 +142,34 @@ def report(args) -> None:
 
 
 NOTES = """\
-All figures were measured on the 2-core CPU shared with up to 8 other jobs (load average 5-12 on
-2 cores: see the uptime lines), so they are several times slower than on a quiet machine (the
-same FlowPolicy measured 29 ms median / 18 ms min on a quiet machine in policy_latency.json).
+Latency (issue #14; `latency --no-compile --reps 20`, 1 thread). The 2-core CPU is shared with a
+training job of another session on the other core, so figures move by up to 1.5x between runs
+minutes apart (see the uptime line; the table is the last run).
 
-- Latency targets are **missed** as measured here: VLA 101 ms median (58 ms min) against the
-  20 ms target; state-only FlowPolicy transformer 74 / 47 ms against 5 ms. The decoder's per-step
-  action embedding is now fused (`policy.nets.fused_action_embedding`: W_2a W_1 folded, the time
-  part computed once per row, no [B, H, W + E] concatenation; tested equal in float64), but its
-  effect could not be resolved under this load (one interleaved try: 165 vs 169 ms median, 97 vs
-  88 ms min, old vs fused). `torch.compile` was not measured (`latency` without `--no-compile`
-  compiles encode/decode; the earlier report found 238 s of compilation on this CPU).
+- Before this change, on the quieter machine (load 0.12): VLA 14.8 ms median / 14.1 ms min,
+  FlowPolicy transformer 10.8 / 10.4 ms. After, three runs within minutes at load 0.4-0.6:
+  VLA 25.1 / 21.1, 19.3 / 16.3 and 19.2 / 15.6 ms; FlowPolicy 19.2 / 16.5, 13.8 / 11.6 and
+  14.5 / 10.8 ms (the load rose between the before and after runs). Old and new paths
+  interleaved call by call in one process (80 rounds, so both see the same load), new vs old:
+  FlowPolicy 10.2 / 8.9 vs 12.7 / 11.1 ms (quietest try) and 12.4 / 10.1 vs 16.1 / 13.1 ms;
+  VLA 14.3 / 12.7 vs 17.6 / 15.2 and 16.9 / 14.2 vs 20.2 / 17.0 ms: about 20% less for
+  FlowPolicy, 17% less for the VLA.
+- Targets: VLA <= 20 ms is **met** on a quiet machine (12-15 ms; it already was before, at
+  14.8 ms) and borderline under this load (19.2-25.1 ms median). FlowPolicy <= 5 ms is **missed** by about 4-5 ms (8.9 ms at best). The rest is
+  compute: at batch 1 a step is 16 float32 matmuls of 16 rows (qkv, proj and the two MLP layers
+  of 3 blocks, embedding, head), 25-40 us each on this CPU (MKL sgemm, ~60 GFLOP/s for these
+  shapes; oneDNN and numpy were no faster), i.e. about 4-6 ms per 10-step chunk before any other
+  op; exact GELU, attention and layer norms add ~1 ms. Reaching 5 ms needs fewer FLOPs (a
+  smaller default net, which would change saved models) or compilation.
+- What changed (outputs equal to the old path, float64 tests to 1e-10: tests/test_policy.py and
+  tests/test_vla.py `test_lean_act_decoder_equals_the_module_decode_path`): `act` runs under
+  `torch.inference_mode` (the result is cloned into an ordinary tensor); without gradients the
+  experts' `decoder(cache)` replaces per-step `decode`: the folded action-embedding weights
+  (W_2a W_1, its bias) are computed once per chunk, the blocks run as functional calls
+  (`_Block.step`: no submodule calls, no returned keys/values), each step's action keys/values are
+  written into per-chunk buffers that hold the prefix (no concatenation), and the VLA's padded key
+  mask is built once. State dict keys and default sizes are unchanged. `torch.compile` was not
+  measured.
 - ColorReach is **not learned** within the CPU budget: after 1551 steps (368 s, batch 32,
   32x32 pixels) success with the instruction (0.22) is not above the empty instruction (0.20),
   both below chance because the policy reaches a disc in under half of the episodes. A first
