@@ -223,7 +223,8 @@ class MeanFlow(FewStepFlow):
     with ``v = v_c`` (``loss="meanflow"``) or, for the JVP tangent only, the model's own
     instantaneous velocity ``u_theta(z, t, 0)`` (``loss="imf"``). ``(t, t + d)`` are two sorted
     draws of the time sampler; a fraction ``flow_ratio`` of the batch has ``d = 0`` (plain flow
-    matching). ``w = 1 / (||.||^2 + 1e-3)^adaptive_p`` (the paper's adaptive weight; 0: plain MSE).
+    matching). ``w = 1 / (||.||^2 + 1e-3)^adaptive_p`` (the paper's adaptive weight, default p = 1 as in the paper;
+    0: plain MSE, which failed to train the conditional U-Net on digits: docs/matching.md).
 
     Args (besides :class:`FewStepFlow`'s):
         flow_ratio: fraction of the batch with ``d = 0`` (paper: 0.75).
@@ -241,7 +242,7 @@ class MeanFlow(FewStepFlow):
         flow_ratio: float = 0.75,
         loss: str = "meanflow",
         jvp: str = "jvp",
-        adaptive_p: float = 0.0,
+        adaptive_p: float = 1.0,
         **options,  # FewStepFlow's and FlowMatching's (the registry records them)
     ):
         super().__init__(dim, context_dim, image_shape, **options)
