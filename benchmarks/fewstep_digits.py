@@ -24,28 +24,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from matching_digits import to_model, to_pixels  # noqa: E402
+from matching_digits import class_accuracy, digits_and_classifier, to_model  # noqa: E402
 
 import pushforward as pf  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def agreement(clf, model, n_per_class: int, guidance: float, steps: int, seed: int) -> float:
-    """Fraction of few-step samples (``steps`` jumps, no ODE solver) the classifier labels as requested."""
-    labels = torch.arange(10).repeat_interleave(n_per_class)
-    c = torch.nn.functional.one_hot(labels, 10).float()
-    model.eval()
-    with torch.no_grad():
-        s = model.sample(len(labels), context=c, guidance=guidance, steps=steps,
-                         generator=torch.Generator().manual_seed(seed))
-    pred = clf.predict(to_pixels(s).reshape(len(labels), -1).numpy())
-    return float((pred == labels.numpy()).mean())
-
-
 def main(argv=None) -> None:
-    from sklearn.linear_model import LogisticRegression
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=float, default=150.0, help="training seconds per model")
     p.add_argument("--width", type=int, default=32)
@@ -54,12 +40,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    d = pf.data.load("digits8x8", context="label")
-    perm = torch.randperm(len(d.x), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1500], perm[1500:]
-    labels = d.context.argmax(1)
-    clf = LogisticRegression(max_iter=2000).fit(d.x[train].reshape(len(train), -1).numpy(), labels[train].numpy())
-    clf_acc = float(clf.score(d.x[test].reshape(len(test), -1).numpy(), labels[test].numpy()))
+    d, train, test, clf, clf_acc = digits_and_classifier()
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     results = {}
@@ -70,10 +51,11 @@ def main(argv=None) -> None:
         hist = pf.fit(model, to_model(d.x[train]), context=d.context[train], max_time=args.budget, seed=0,
                       progress=False, checkpoint_every=None)
         train_s = time.time() - t0
+        model.eval()
         acc = {}
         for k in (1, 2, 4):
             for g in (1.0, 2.0):
-                acc[f"steps {k}, guidance {g:g}"] = agreement(clf, model, args.per_class, g, k, seed=1)
+                acc[f"steps {k}, guidance {g:g}"] = class_accuracy(clf, model, args.per_class, g, k, seed=1, solver=None)[0]
         results[name] = {"train_s": round(train_s, 1), "train_steps": hist.steps,
                          "final_loss": float(hist.loss[-1]),
                          "params": sum(q.numel() for q in model.parameters()), "agreement": acc}

@@ -35,19 +35,34 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) * 8.0).clamp(0.0, 16.0)
 
 
-def class_accuracy(clf, model, n_per_class: int, guidance: float, steps: int, seed: int) -> float:
+def digits_and_classifier():
+    """The digits with one-hot labels, the fixed 1500 / 297 split, and a logistic-regression
+    classifier fitted on the real training digits: ``(data, train_idx, test_idx, clf, held-out acc)``."""
+    from sklearn.linear_model import LogisticRegression
+
+    d = pf.data.load("digits8x8", context="label")
+    perm = torch.randperm(len(d.x), generator=torch.Generator().manual_seed(0))
+    train, test = perm[:1500], perm[1500:]
+    labels = d.context.argmax(1)
+    clf = LogisticRegression(max_iter=2000).fit(d.x[train].reshape(len(train), -1).numpy(), labels[train].numpy())
+    clf_acc = float(clf.score(d.x[test].reshape(len(test), -1).numpy(), labels[test].numpy()))
+    return d, train, test, clf, clf_acc
+
+
+def class_accuracy(clf, model, n_per_class: int, guidance: float, steps: int, seed: int,
+                   solver: str | None = "midpoint") -> tuple[float, torch.Tensor]:
+    """``(fraction of conditional samples the classifier labels as requested, the samples)``;
+    ``solver=None`` samples with the model's own sampler (a few-step model's jumps)."""
     labels = torch.arange(10).repeat_interleave(n_per_class)
     c = torch.nn.functional.one_hot(labels, 10).float()
     with torch.no_grad():
-        s = model.sample(len(labels), context=c, guidance=guidance, steps=steps, solver="midpoint",
+        s = model.sample(len(labels), context=c, guidance=guidance, steps=steps, solver=solver,
                          generator=torch.Generator().manual_seed(seed))
     pred = clf.predict(to_pixels(s).reshape(len(labels), -1).numpy())
     return float((pred == labels.numpy()).mean()), s
 
 
 def main(argv=None) -> None:
-    from sklearn.linear_model import LogisticRegression
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=float, default=240.0, help="training seconds")
     p.add_argument("--width", type=int, default=32)
@@ -56,12 +71,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    d = pf.data.load("digits8x8", context="label")
-    perm = torch.randperm(len(d.x), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1500], perm[1500:]
-    labels = d.context.argmax(1)
-    clf = LogisticRegression(max_iter=2000).fit(d.x[train].reshape(len(train), -1).numpy(), labels[train].numpy())
-    clf_acc = float(clf.score(d.x[test].reshape(len(test), -1).numpy(), labels[test].numpy()))
+    d, train, test, clf, clf_acc = digits_and_classifier()
 
     def build():
         return pf.build("ot-fm", image_shape=(1, 8, 8), context_dim=10, cond_drop=0.1, by_context=True,

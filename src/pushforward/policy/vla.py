@@ -112,10 +112,10 @@ class VLANet(nn.Module):
         """``(x, t) -> decode(x, t, cache)`` with the per-chunk work (folded embedding weights,
         the padded key mask) done once here; for acting (frozen weights, no gradient)."""
         kvs, mask = cache
-        embed = action_embedder(self.in_action, self.action_time, self.embed_t, self.pos)
-        fast = action_decoder(embed, self.act_blocks, self.out, kvs, F.pad(mask, (0, self.pos.shape[0]), value=True),
-                              horizon=self.pos.shape[0])
         horizon = self.pos.shape[0]
+        embed = action_embedder(self.in_action, self.action_time, self.embed_t, self.pos)
+        fast = action_decoder(embed, self.act_blocks, self.out, kvs, F.pad(mask, (0, horizon), value=True),
+                              horizon=horizon)
 
         def decode(x: Tensor, t: Tensor | float) -> Tensor:
             if x.shape[0] != mask.shape[0] or x.shape[1] != horizon:
