@@ -40,25 +40,37 @@ def _save(name: str, obj: dict) -> None:
 
 # ============================================================================ latency
 def latency(args) -> None:
-    """Median / min ms of one act at batch 1, contenders interleaved round by round."""
+    """Median / min ms of one act at batch 1, contenders interleaved round by round.
+
+    Compiled rows: the same weights through ``set_fast_path("default")`` (inductor: the prefix
+    encoding and the whole 10-step solve as one graph); compile seconds are recorded."""
     torch.manual_seed(0)
-    vla = VLAPolicy(image_shape=(3, 96, 96), state_dim=2, action_dim=2, horizon=16).eval()
-    fp = FlowPolicy(36, 2, 16).eval()
+
+    def vla():
+        return VLAPolicy(image_shape=(3, 96, 96), state_dim=2, action_dim=2, horizon=16).eval()
+
+    v, fp, mlp = vla(), FlowPolicy(36, 2, 16).eval(), FlowPolicy(36, 2, 16, net="mlp").eval()
     img, st, o = torch.zeros(1, 3, 96, 96, dtype=torch.uint8), torch.zeros(1, 2), torch.zeros(1, 36)
+    text = ["push the T to the goal"]
     calls = {
-        "vla_96x96_eager": lambda: vla.act(images=img, state=st, instruction=["push the T to the goal"], steps=10),
+        "vla_96x96_eager": lambda: v.act(images=img, state=st, instruction=text, steps=10),
         "flow_policy_transformer_eager": lambda: fp.act(o, steps=10),
+        "flow_policy_mlp_eager": lambda: mlp.act(o, steps=10),
     }
+    compile_s = {}
     if not args.no_compile:
-        vla_c = VLAPolicy(image_shape=(3, 96, 96), state_dim=2, action_dim=2, horizon=16).eval()
-        fp_c = FlowPolicy(36, 2, 16).eval()
-        for p in (vla_c, fp_c):
-            p.net.encode = torch.compile(p.net.encode, dynamic=False)
-            p.net.decode = torch.compile(p.net.decode, dynamic=False)
-        calls["vla_96x96_compiled"] = lambda: vla_c.act(images=img, state=st, instruction=["push the T to the goal"],
-                                                       steps=10)
+        v_c, fp_c = vla(), FlowPolicy(36, 2, 16).eval()
+        v_c.load_state_dict(v.state_dict())
+        fp_c.load_state_dict(fp.state_dict())
+        calls["vla_96x96_compiled"] = lambda: v_c.act(images=img, state=st, instruction=text, steps=10)
         calls["flow_policy_transformer_compiled"] = lambda: fp_c.act(o, steps=10)
-    for f in calls.values():  # warm-up (compilation)
+        for name, pol in (("vla_96x96_compiled", v_c), ("flow_policy_transformer_compiled", fp_c)):
+            pol.set_fast_path("default")
+            t = time.perf_counter()
+            calls[name]()
+            compile_s[name] = round(time.perf_counter() - t, 1)
+            print(name, "compiled in", compile_s[name], "s", flush=True)
+    for f in calls.values():  # warm-up
         for _ in range(5):
             f()
     times = {k: [] for k in calls}
@@ -68,10 +80,11 @@ def latency(args) -> None:
             f()
             times[k].append(1e3 * (time.perf_counter() - t))
     rows = {k: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v))} for k, v in times.items()}
-    for k, v in rows.items():
-        print(k, {a: round(b, 2) for a, b in v.items()}, flush=True)
+    for k, r in rows.items():
+        print(k, {a: round(b, 2) for a, b in r.items()}, flush=True)
     _save("policy_vla_latency.json", {"machine": _machine(), "reps": args.reps, "results": rows,
-                                      "vla_params": sum(p.numel() for p in vla.parameters()),
+                                      "compile_s": compile_s,
+                                      "vla_params": sum(p.numel() for p in v.parameters()),
                                       "flow_policy_params": sum(p.numel() for p in fp.parameters())})
 
 

@@ -3,6 +3,7 @@ policy's opt-in fast act path: identical results with the fast path on and off."
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -139,7 +140,7 @@ def _light_compile(monkeypatch) -> list:
 
     def compile(fn, **kwargs):
         calls.append(kwargs)
-        return real(fn, backend="aot_eager")
+        return real(fn, backend="aot_eager", fullgraph=kwargs.get("fullgraph", False))
 
     monkeypatch.setattr(torch, "compile", compile)
     return calls
@@ -211,5 +212,58 @@ def test_fast_act_compiled_on_cpu_matches_eager(monkeypatch):
     p.set_fast_path("default")  # compiles on any device
     out = p.act(obs, generator=torch.Generator().manual_seed(0))
     again = p.act(obs, generator=torch.Generator().manual_seed(0))  # cached, not recompiled
-    assert calls == [{"mode": "default", "dynamic": False}]
+    assert calls == [{"mode": "default", "dynamic": False, "fullgraph": True}]
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5) and torch.equal(out, again)
+
+
+def _vla(**kw):
+    torch.manual_seed(0)
+    p = pf.policy.VLAPolicy(image_shape=(3, 8, 8), state_dim=2, action_dim=2, horizon=4, width=16, depth=1,
+                            patch=4, max_text=6, **kw)
+    with torch.no_grad():
+        for q in p.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    return p.eval()
+
+
+@pytest.mark.parametrize("net", ["mlp", "transformer"])
+def test_fast_path_chunk_traces_as_one_graph(net):
+    """A graph break (a host sync, a Python-side cache) would silently split the compiled solve
+    into one graph per flow step and give back most of its gain."""
+    from pushforward.policy.flow import _chunk_fn, expert_field
+    from pushforward.policy.vla import vla_field
+
+    p = _policy(net=net, width=16, depth=1)
+    with torch.inference_mode():
+        fn = _chunk_fn(functools.partial(expert_field, p.net), *p.t_span)
+        e = torch._dynamo.explain(fn)(torch.randn(2, 3), None, None, torch.randn(2, 4, 2), 3, "euler")
+        assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+        v = _vla()
+        parts = (torch.randn(1, 2), [torch.rand(1, 3, 8, 8)], v.tokenizer.encode(["go left"]))
+        for w in (1.0, 2.0):
+            fn = _chunk_fn(functools.partial(vla_field, v.net), *v.t_span)
+            e = torch._dynamo.explain(fn)(parts, w, True, None, torch.randn(1, 4, 2), 3, "midpoint")
+            assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+
+
+@pytest.mark.slow
+def test_vla_fast_act_compiled_on_cpu_matches_eager(monkeypatch):
+    calls = _light_compile(monkeypatch)
+    p = _vla(instruction_drop=0.1)
+    img, st = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), torch.randn(2, 2)
+    kw = {"images": img, "state": st, "instruction": ["go left", ""]}
+    refs = {w: p.act(**kw, guidance=w, generator=torch.Generator().manual_seed(0)) for w in (1.0, 2.0)}
+    pre = refs[1.0][:, :1]
+    ref_pre = p.act(**kw, prefix=pre, generator=torch.Generator().manual_seed(1))
+    p.set_fast_path("default")
+    for w, ref in refs.items():
+        out = p.act(**kw, guidance=w, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), w
+    out = p.act(**kw, prefix=pre, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out, ref_pre, atol=1e-5, rtol=1e-5) and torch.allclose(out[:, :1], pre, atol=1e-5)
+    assert calls == [{"mode": "default", "dynamic": False, "fullgraph": True}]  # one compile, cached
+    # sample() over packed contexts takes the same compiled solve.
+    ctx = p.pack(img, st, ["go left", ""])
+    s_fast = p.sample(2, context=ctx, generator=torch.Generator().manual_seed(2))
+    p.set_fast_path(None)
+    assert torch.allclose(s_fast, p.sample(2, context=ctx, generator=torch.Generator().manual_seed(2)), atol=1e-5)

@@ -14,6 +14,7 @@ One routine, :func:`ode_log_prob`, serves FFJORD, flow matching and the probabil
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -321,6 +322,17 @@ class ContinuousFlow(FlowModel):
         return self.unstandardize(xs)
 
 
+def _rounded(v: float, dtype: torch.dtype) -> float:
+    """``float(torch.tensor(v, dtype=dtype))`` computed on the host with :mod:`struct` (IEEE
+    round-to-nearest-even), so ``torch.compile`` traces it without a graph break."""
+    if dtype == torch.float64:
+        return float(v)
+    code = {torch.float32: "f", torch.float16: "e"}.get(dtype)
+    if code is None:
+        return float(torch.tensor(v, dtype=dtype))
+    return struct.unpack(code, struct.pack(code, v))[0]
+
+
 def fixed_grid_solve(velocity: Velocity, x0: Tensor, t0: float, t1: float, steps: int, solver: str) -> Tensor:
     """The end state of ``steps`` uniform Runge–Kutta steps of ``dx/dt = velocity(x, t)`` from ``t0``.
 
@@ -334,7 +346,7 @@ def fixed_grid_solve(velocity: Velocity, x0: Tensor, t0: float, t1: float, steps
 
     tab = FIXED_SOLVERS[solver]
     # Times as odeint forms them: the span rounded to the state's dtype, then Python floats.
-    t0, t1 = (float(v) for v in torch.tensor([t0, t1], dtype=x0.dtype))
+    t0, t1 = _rounded(t0, x0.dtype), _rounded(t1, x0.dtype)
     h = (t1 - t0) / steps
     y = x0
     for k in range(steps):

@@ -11,7 +11,9 @@ training time density is pi0's shifted Beta converted to this convention
 
 from __future__ import annotations
 
+import functools
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -67,11 +69,12 @@ FAST_MODES = ("reduce-overhead", "default", "max-autotune", "max-autotune-no-cud
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _chunk_fn(net: nn.Module, t0: float, t1: float):
-    """``(obs, task, prefix, x0, steps, solver) -> chunk``: encode once, then a fixed-grid solve."""
-    def chunk(obs: Tensor, task: Tensor | None, prefix: Tensor | None, x0: Tensor, steps: int, solver: str) -> Tensor:
-        field = expert_field(net, obs, task, prefix, x0)
-        return fixed_grid_solve(field.velocity, x0, t0, t1, steps, solver)
+def _chunk_fn(field: Callable[..., Field], t0: float, t1: float):
+    """``(*inputs, prefix, x0, steps, solver) -> chunk``: ``field(*inputs, prefix, x0)`` once
+    (it encodes the prefix), then a fixed-grid solve; the function the fast path compiles."""
+    def chunk(*args):
+        *inputs, prefix, x0, steps, solver = args
+        return fixed_grid_solve(field(*inputs, prefix, x0).velocity, x0, t0, t1, steps, solver)
     return chunk
 
 
@@ -190,22 +193,27 @@ class FlowPolicy(ChunkPolicyMixin, FlowMatching):
         return self
 
     def _fast_chunk(self, obs, task, prefix, x0, steps, solver) -> Tensor:
+        return self._fast_solve(functools.partial(expert_field, self.net), (obs, task), prefix, x0, steps, solver)
+
+    def _fast_solve(self, field: Callable[..., Field], inputs: tuple, prefix, x0, steps, solver) -> Tensor:
+        """The chunk of :func:`_chunk_fn` (``field(*inputs, prefix, x0)`` solved from ``x0``) in
+        the :meth:`set_fast_path` mode; compiled once per policy and mode, as one graph."""
         steps = check_positive_int(self.default_steps if steps is None else steps, "steps")
         solver = solver or self.default_solver
         if solver not in FIXED_SOLVERS:
             raise ValueError(f"act uses fixed-grid solvers {tuple(FIXED_SOLVERS)}, got {solver!r}")
         mode = self.fast_path
         if mode == "eager" or (mode == "reduce-overhead" and x0.device.type != "cuda"):
-            fn = _chunk_fn(self.net, *self.t_span)
-            out = fn(obs, task, prefix, x0, steps, solver)
+            out = _chunk_fn(field, *self.t_span)(*inputs, prefix, x0, steps, solver)
         else:
             fns = _COMPILED.setdefault(self, {})
             if mode not in fns:
-                fns[mode] = torch.compile(_chunk_fn(self.net, *self.t_span), mode=mode, dynamic=False)
+                # fullgraph: a graph break would silently give back most of the gain.
+                fns[mode] = torch.compile(_chunk_fn(field, *self.t_span), mode=mode, dynamic=False, fullgraph=True)
             if mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             # A CUDA-graph output is overwritten by the next replay: hand back a copy.
-            out = fns[mode](obs, task, prefix, x0, steps, solver).clone()
+            out = fns[mode](*inputs, prefix, x0, steps, solver).clone()
         self.nfe = steps * len(FIXED_SOLVERS[solver].c)
         return check_finite(out, "generated action chunk")
 

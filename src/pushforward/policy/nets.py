@@ -129,7 +129,8 @@ def action_embedder(in_action: nn.Linear, action_time: nn.Sequential, embed_t: n
 
     def embed(x: Tensor, t: Tensor | float) -> Tensor:
         key = None
-        if x.device.type == "cpu" and (not isinstance(t, Tensor) or t.dim() == 0):
+        # Under torch.compile the whole solve is one graph: a host-side cache would only break it.
+        if not torch.compiler.is_compiling() and x.device.type == "cpu" and (not isinstance(t, Tensor) or t.dim() == 0):
             key = (float(t), x.shape[0])  # no host sync on CPU
         te = times.get(key) if key is not None else None
         if te is None:

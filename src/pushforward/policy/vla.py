@@ -17,6 +17,7 @@ pixels to [0, 1] itself.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -149,6 +150,47 @@ class VLANet(nn.Module):
             ha = ha + ab.proj(aa)
             ha = ha + ab.mlp(ab.ln2(ha))
         return self.out(ha)
+
+
+def vla_field(net: VLANet, parts: Parts, w: float = 1.0, cache: bool = True, prefix: Tensor | None = None,
+              x0: Tensor | None = None) -> Field:
+    """The ODE field of :class:`VLANet` for one batch of (normalised) prefixes, encoded once here.
+
+    ``w != 1``: classifier-free guidance, ``v = v(x, t, "") + w (v(x, t, instruction) - v(x, t, ""))``,
+    the instruction and the empty instruction in one batched call. ``prefix [B, d, A]`` with
+    ``x0``: inpainting of committed actions (as :func:`~pushforward.policy.flow.expert_field`).
+    ``cache=False`` recomputes the prefix at every step (:meth:`VLANet.forward_joint`).
+    """
+    if w != 1.0:
+        state, images, ids = parts
+        parts = (torch.cat([state, state]), [torch.cat([i, i]) for i in images],
+                 torch.cat([ids, torch.full_like(ids, PAD)]))
+    if cache and not torch.is_grad_enabled():
+        v_net = net.decoder(net.encode(parts))  # acting: the same function, per-step work lean
+    elif cache:
+        kv = net.encode(parts)
+
+        def v_net(x, t):
+            return net.decode(x, t, kv)
+    else:
+        def v_net(x, t):
+            return net.forward_joint(x, t, parts)
+
+    if w != 1.0:
+        v_one = v_net
+
+        def v_net(x, t):
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            tt = t.expand(x.shape[0]) if t.dim() == 0 else t
+            cond, uncond = v_one(torch.cat([x, x]), torch.cat([tt, tt])).chunk(2)
+            return uncond + w * (cond - uncond)
+
+    if prefix is None:
+        return Field(v_net)
+    d, horizon = prefix.shape[1], x0.shape[1]
+    mask = (torch.arange(horizon, device=x0.device) < d)[:, None]
+    fixed = F.pad(prefix - x0[:, :d], (0, 0, 0, horizon - d))
+    return Field(lambda x, t: torch.where(mask, fixed, v_net(x, t)))
 
 
 class VLAPolicy(FlowPolicy):
@@ -301,44 +343,12 @@ class VLAPolicy(FlowPolicy):
     # ----------------------------------------------------------------- field
     def _field(self, parts: Parts, guidance: float | None = None, prefix: Tensor | None = None,
                x0: Tensor | None = None, cache: bool = True) -> Field:
-        """The ODE field for one batch of (normalised) prefixes; the prefix is encoded once here.
+        """:func:`vla_field` of this policy's net; ``guidance`` None: the policy's default w."""
+        return vla_field(self.net, parts, self.guidance if guidance is None else float(guidance), cache, prefix, x0)
 
-        ``guidance`` w != 1 runs the instruction and the empty instruction in one batched call.
-        ``prefix`` ``[B, d, A]`` with ``x0``: inpainting of committed actions (as ``expert_field``).
-        ``cache=False`` recomputes the prefix at every step (:meth:`VLANet.forward_joint`).
-        """
-        w = self.guidance if guidance is None else float(guidance)
-        net = self.net
-        if w != 1.0:
-            state, images, ids = parts
-            parts = (torch.cat([state, state]), [torch.cat([i, i]) for i in images],
-                     torch.cat([ids, torch.full_like(ids, PAD)]))
-        if cache and not torch.is_grad_enabled():
-            v_net = net.decoder(net.encode(parts))  # acting: the same function, per-step work lean
-        elif cache:
-            kv = net.encode(parts)
-
-            def v_net(x, t):
-                return net.decode(x, t, kv)
-        else:
-            def v_net(x, t):
-                return net.forward_joint(x, t, parts)
-
-        if w != 1.0:
-            v_one = v_net
-
-            def v_net(x, t):
-                t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-                tt = t.expand(x.shape[0]) if t.dim() == 0 else t
-                cond, uncond = v_one(torch.cat([x, x]), torch.cat([tt, tt])).chunk(2)
-                return uncond + w * (cond - uncond)
-
-        if prefix is None:
-            return Field(v_net)
-        d, horizon = prefix.shape[1], x0.shape[1]
-        mask = (torch.arange(horizon, device=x0.device) < d)[:, None]
-        fixed = F.pad(prefix - x0[:, :d], (0, 0, 0, horizon - d))
-        return Field(lambda x, t: torch.where(mask, fixed, v_net(x, t)))
+    def _fast_chunk(self, parts, task, prefix, x0, steps, solver) -> Tensor:
+        return self._fast_solve(functools.partial(vla_field, self.net), (parts, self.guidance, True), prefix, x0,
+                                steps, solver)
 
     def velocity_field(self, context: Tensor | None = None, guidance: float | None = None) -> Field:
         """The field for packed raw contexts ``[N, C]``; the prefix is encoded once, here."""
@@ -389,8 +399,12 @@ class VLAPolicy(FlowPolicy):
         with torch.inference_mode():
             parts = (self.normalize_obs(st), [i / 255.0 for i in imgs], ids)
             x0 = self.base.sample(st.shape[0], None, generator)
-            field = self._field(parts, guidance, pre, x0, cache)
-            out = self.unstandardize(self._integrate(field, x0, steps, solver))
+            w = self.guidance if guidance is None else float(guidance)
+            if self.fast_path is not None:
+                out = self._fast_solve(functools.partial(vla_field, self.net), (parts, w, cache), pre, x0, steps, solver)
+            else:
+                out = self._integrate(vla_field(self.net, parts, w, cache, pre, x0), x0, steps, solver)
+            out = self.unstandardize(out)
         out = out.clone()  # an ordinary tensor (inference tensors cannot enter autograd later)
         return out.cpu().numpy() if isinstance(state, np.ndarray) else out
 
