@@ -30,6 +30,8 @@ NEGATIVE_OK: dict[str, set] = {}
 
 
 def _build_kwargs(name: str) -> dict:
+    if name == "vla-policy":  # state 2 + one 3x16x16 camera + 48 text bytes
+        return dict(dim=2, context_dim=2 + 768 + 48, image_shape=(3, 16, 16))
     if name.endswith("-policy"):
         return dict(POLICY)
     return dict(SPECIAL.get(name, {"dim": 2}))

@@ -293,6 +293,9 @@ def test_reverse_kl_recovers_a_gaussian_target(name):
 # ------------------------------------------------------------------ recorded defaults
 def _build_any(name: str):
     """A small model for every registered name, policies included (action chunks [4, 2] | obs [3])."""
+    if name == "vla-policy":  # one 8x8 camera, 6 text bytes, state 2: context 2 + 192 + 6
+        return pf.build(name, 2, context_dim=200, image_shape=(3, 8, 8), horizon=4, width=16, depth=1, patch=4,
+                        max_text=6)
     if name.endswith("-policy"):
         extra = {"stride": 2} if name.startswith("hierarchical") else {}
         return pf.build(name, 2, context_dim=3, horizon=4, width=16, depth=1, **extra)
@@ -327,6 +330,9 @@ def test_a_reload_uses_no_class_default(model_name, tmp_path, monkeypatch):
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ctx = {"context": torch.randn(3, model.context_dim)} if model.context_dim else {}
+    if model_name == "vla-policy":  # a packed context: pixels, state, token ids
+        ctx = {"context": model.pack(torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8), torch.randn(3, 2),
+                                     ["go", "", "left"])}
     with torch.no_grad():
         torch.testing.assert_close(again.sample(3, generator=torch.Generator().manual_seed(1), **ctx),
                                    model.sample(3, generator=torch.Generator().manual_seed(1), **ctx))

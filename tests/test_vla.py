@@ -341,3 +341,25 @@ def test_lean_act_decoder_equals_the_module_decode_path():
         c1 = p.net.encode(_parts(p, [images[:1]], state[:1], texts[:1]))
         x, t = torch.randn(2, T, A, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
         torch.testing.assert_close(p.net.decoder(c1)(x, t), p.net.decode(x, t, c1), rtol=1e-12, atol=1e-12)
+
+
+def test_registered_name_builds_saves_by_config_and_reloads(tmp_path):
+    """``vla-policy`` is a build name: saved as config + state dict (not pickled), the state size
+    follows from the packed context size, and a bad context size is named."""
+    p = VLAPolicy(image_shape=IMG, state_dim=S, action_dim=A, horizon=T, width=16, depth=1, patch=8, max_text=6)
+    q = pf.build("vla-policy", A, context_dim=p.context_dim, image_shape=IMG, horizon=T, width=16, depth=1, patch=8,
+                 max_text=6)
+    assert q.config == p.config and q.state_dim == S
+    p.set_normalization(actions=torch.randn(20, T, A) * 3 + 1, state=torch.randn(20, S) * 2)
+    pf.save(p, tmp_path / "p.pt")
+    payload = torch.load(tmp_path / "p.pt", weights_only=False)
+    assert "config" in payload and "module" not in payload
+    r = pf.load(tmp_path / "p.pt")
+    img, st = torch.randint(0, 256, (2, *IMG), dtype=torch.uint8), torch.randn(2, S)
+    kw = {"images": img, "state": st, "instruction": ["go left", ""]}
+    assert torch.equal(r.act(**kw, generator=torch.Generator().manual_seed(0)),
+                       p.act(**kw, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="context_dim"):
+        pf.build("vla-policy", A, context_dim=10, image_shape=IMG)
+    with pytest.raises(ValueError, match="image_shape"):
+        pf.build("vla-policy", A, context_dim=p.context_dim)

@@ -14,7 +14,11 @@ benchmark the policies live in :mod:`pushforward.envs`.
 Registered names (``pf.build(name, dim=A, context_dim=O, horizon=H)``): ``flow-policy``,
 ``hierarchical-flow-policy``, ``regression-policy``, ``diffusion-policy``. ``dim`` is the action
 dimension A and ``context_dim`` the observation size O, plus 1 for the task id when
-``num_tasks > 0``; ``horizon`` (default 16) is the chunk length H.
+``num_tasks > 0``; ``horizon`` (default 16) is the chunk length H. ``vla-policy``
+(:class:`VLAPolicy`) is built as ``pf.build("vla-policy", dim=A, context_dim=C,
+image_shape=(C_img, H_img, W_img), horizon=T)`` with C the packed context size
+(``Demonstrations.context.shape[1]`` = S + cameras C_img H_img W_img + max_text), from which
+the state size S follows.
 """
 
 from pushforward.policy.base import ChunkPolicyMixin, pooled_stats
@@ -77,3 +81,20 @@ for _name, _cls, _description in (
 ):
     register(_name, _cls, _description, preset={"horizon": 16}, inputs=_inputs(_name))
 del _name, _cls, _description
+
+
+def _vla_inputs(dim: int, context_dim: int, image_shape: tuple | None, options: dict) -> dict:
+    """``build``'s adapter for ``vla-policy``: the state size from the packed context size."""
+    if image_shape is None:
+        raise ValueError("vla-policy needs image_shape=(C, H, W) of each camera")
+    cameras, max_text = options.get("cameras", 1), options.get("max_text", 48)
+    pixels = image_shape[0] * image_shape[1] * image_shape[2]
+    state_dim = context_dim - cameras * pixels - max_text
+    if state_dim < 1:
+        raise ValueError(f"vla-policy needs context_dim = state_dim + cameras * C * H * W + max_text = S + "
+                         f"{cameras} * {pixels} + {max_text} with S >= 1, got context_dim={context_dim}")
+    return {"image_shape": image_shape, "state_dim": state_dim, "action_dim": dim}
+
+
+register("vla-policy", VLAPolicy, "pi0-style vision-language-action flow policy: images, instruction, state -> chunk",
+         preset={"horizon": 16}, inputs=_vla_inputs)

@@ -263,12 +263,15 @@ class VLAPolicy(FlowPolicy):
         FlowMatching.__init__(self, (horizon, action_dim), context_dim, net=net, time_sampler=time_sampler,
                               steps=steps, solver=solver)
         self.default_logprob_solver = None
+        self.resolved_options = {}  # FlowMatching's (its coupling's) are not options of this class
         self._init_policy(state_dim, action_dim, horizon, 0)
         self.state_dim = state_dim
         self.tokenizer = ByteTokenizer(max_text)
         self.instruction_drop, self.guidance = float(instruction_drop), float(guidance)
-        # pf.save pickles the policy whole (config None): the tokenizer, the normalisation and a
-        # user's backbone travel with it. ``options`` records how it was built.
+        # ``options`` records how it was built; ``config`` is the ``pf.build("vla-policy")`` record
+        # that pf.save stores with the state dict (the tokenizer is byte-level, the normalisation
+        # lives in buffers). A user's backbone is a module no config can name: such a policy is
+        # pickled whole (config None).
         self.options = {"image_shape": image_shape, "state_dim": state_dim, "action_dim": action_dim,
                         "horizon": horizon, "cameras": cameras, "max_text": max_text, "width": width,
                         "depth": depth, "heads": heads, "patch": patch, "time_embed": time_embed,
@@ -276,6 +279,13 @@ class VLAPolicy(FlowPolicy):
                         "steps": steps, "solver": solver, "pretrained_backbone": vision_backbone is not None,
                         "freeze_backbone": freeze_backbone}
         self.config = None
+        if vision_backbone is None:
+            from pushforward.registry import entry
+
+            self.config = {"name": "vla-policy", "dim": action_dim, "context_dim": context_dim,
+                           "image_shape": image_shape, **entry("vla-policy").options(supplied=("state_dim", "action_dim")),
+                           **{k: v for k, v in self.options.items()
+                              if k not in ("image_shape", "state_dim", "action_dim", "pretrained_backbone")}}
 
     # ----------------------------------------------------------------- context
     def _parts(self, context: Tensor) -> Parts:
