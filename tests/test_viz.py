@@ -219,6 +219,40 @@ def test_plots_for_chooses_by_model_type(tmp_path, flow):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_plots_for_draws_manifold_and_discrete_models_in_their_own_geometry(tmp_path):
+    """sphere-fm, torus-fm, circular-nsf and discrete-fm get the sphere / torus / category
+    figure (never the Euclidean density grid or the generic scatter, which would be wrong for
+    them), and each figure is written."""
+    from pushforward.data import Dataset
+
+    torch.manual_seed(0)
+    sph = torch.nn.functional.normalize(torch.randn(30, 3) + torch.tensor([0.0, 0.0, 2.0]), dim=1)
+    ang = torch.rand(30, 2) * 2 * math.pi - math.pi
+    seq = torch.randint(0, 3, (30, 4))
+    cases = [(pf.build("sphere-fm", dim=3, hidden=(8,), steps=2), Dataset(sph), "sphere"),
+             (pf.build("torus-fm", dim=2, hidden=(8,), steps=2), Dataset(ang), "torus"),
+             (pf.build("circular-nsf", dim=2), Dataset(ang), "torus"),
+             (pf.build("discrete-fm", dim=4, num_categories=3), Dataset(seq), "categories")]
+    for model, ds, kind in cases:
+        plots = viz.plots_for(model.eval(), ds, tmp_path / kind)
+        assert [n for n, _ in plots] == [kind], type(model).__name__
+        path = plots[0][1]()
+        assert path.name == f"{kind}.png" and Image.open(path).size[0] > 100
+
+
+def test_category_frequencies_count_exactly_and_name_bad_values(tmp_path):
+    x = torch.tensor([[0, 2], [1, 2], [0, 0], [0, 2]])
+    f = viz.category_frequencies(x, 3)
+    assert np.array_equal(f, [[0.75, 0.25, 0.0], [0.25, 0.0, 0.75]])
+    with pytest.raises(ValueError, match="0..1"):
+        viz.category_frequencies(x, 2)
+    with pytest.raises(ValueError, match=r"\[N, L\]"):
+        viz.category_frequencies(torch.zeros(3), 2)
+    with pytest.raises(ValueError, match="same length"):
+        viz.plot_categories(tmp_path / "c.png", x, x[:, :1], 3)
+    assert viz.plot_categories(tmp_path / "c.png", x, x, 3).is_file()
+
+
 def test_importing_viz_does_not_load_matplotlib():
     import subprocess
     import sys

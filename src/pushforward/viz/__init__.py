@@ -13,11 +13,14 @@ that fit a model by its type (what ``pushforward plot`` writes).
 Modules: :mod:`~pushforward.viz.density`, :mod:`~pushforward.viz.samples`,
 :mod:`~pushforward.viz.fields` (maps, velocity fields, trajectories, histograms over time),
 :mod:`~pushforward.viz.training`, :mod:`~pushforward.viz.animation`,
+:mod:`~pushforward.viz.manifolds` (sphere, torus), :mod:`~pushforward.viz.discrete` (categorical
+sequences),
 :mod:`~pushforward.viz.plots`.
 """
 
 from pushforward.viz.animation import animate_flow, flow_frames
 from pushforward.viz.density import plot_density
+from pushforward.viz.discrete import category_frequencies, plot_categories
 from pushforward.viz.fields import plot_grid_deformation, plot_hist_over_time, plot_quiver, plot_trajectories
 from pushforward.viz.manifolds import plot_sphere, plot_torus
 from pushforward.viz.plots import plots_for
@@ -26,7 +29,9 @@ from pushforward.viz.training import plot_training_curves
 
 __all__ = [
     "animate_flow",
+    "category_frequencies",
     "flow_frames",
+    "plot_categories",
     "plot_density",
     "plot_grid_deformation",
     "plot_hist_over_time",
