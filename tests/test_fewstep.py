@@ -210,3 +210,105 @@ def test_one_step_learns_a_gaussian(name):
     # Consistency training alone underestimates the scale at this budget (about 0.72x, docs/matching.md).
     assert torch.allclose(s.std(0), scale, rtol=0.15 if name != "consistency" else 0.35), s.std(0)
     assert math.isfinite(float(model.log_prob(x[:100]).mean()))
+
+
+# ------------------------------------------------------------------ guidance as a network input
+MU_NULL = torch.tensor([0.3, -0.2], dtype=torch.float64)
+CLASS_MU = torch.tensor([[1.0, -0.5], [-1.0, 2.0]], dtype=torch.float64)
+
+
+class ExactGuided(nn.Module):
+    """The exact average velocity of the guided field for coupled pairs ``x_1 = mu_c + sigma x_0``.
+
+    With the same slope for every class, ``omega v_c + (1 - omega) v_null`` is the straight flow
+    to ``mu_omega = omega mu_c + (1 - omega) mu_null``, so its average velocity is known exactly.
+    Context: ``[one-hot class (zeros: the null context), omega - 1]``; ``a`` a trainable offset."""
+
+    def __init__(self, offset: float = 0.0):
+        super().__init__()
+        self.a = nn.Parameter(torch.full((2,), offset, dtype=torch.float64))
+
+    def forward(self, x, t, d, context):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])[:, None]
+        onehot, omega = context[:, :2], 1 + context[:, 2:]
+        is_null = onehot.sum(1, keepdim=True) == 0
+        mu = torch.where(is_null, MU_NULL, omega * (onehot @ CLASS_MU) + (1 - omega) * MU_NULL)
+        s_t = 1 - t + t * SIGMA
+        return mu + (SIGMA - 1) / s_t * (x - t * mu) + self.a
+
+
+@pytest.mark.parametrize("kind", ["meanflow", "imf"])
+def test_guided_meanflow_target_is_exact_for_the_exact_guided_field(kind):
+    """``omega v + (1 - omega) u(null)`` with omega read by the network: the exact guided average
+    velocity is a zero-loss fixed point (a wrong mixing or a misplaced omega column is not)."""
+    torch.manual_seed(0)
+    model = MeanFlow(2, context_dim=2, net=ExactGuided(), cond_drop=1e-12, guidance_range=(1.0, 4.0),
+                     loss=kind, flow_ratio=0.5).double()
+    with torch.no_grad():
+        model.null_context.zero_()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4096, 2, generator=g, dtype=torch.float64)
+    c = torch.eye(2, dtype=torch.float64)[torch.randint(0, 2, (4096,), generator=g)]
+    x1 = c @ CLASS_MU + SIGMA * x0
+    loss = model.paired_loss(x0, x1, c)
+    assert float(loss.detach()) < 1e-20, float(loss.detach())
+    assert _grad_a(model, loss).abs().max() < 1e-10
+    off = MeanFlow(2, context_dim=2, net=ExactGuided(0.05), cond_drop=1e-12, guidance_range=(1.0, 4.0),
+                   loss=kind).double()
+    with torch.no_grad():
+        off.null_context.zero_()
+    assert float(off.paired_loss(x0, x1, c).detach()) > 1e-6
+
+
+def test_guided_meanflow_samples_with_one_network_call_per_step():
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.calls = ExactGuided(), []
+
+        def forward(self, x, t, d, context):
+            self.calls.append((x.shape[0], context[:, -1].clone()))
+            return self.inner(x, t, d, context)
+
+    model = MeanFlow(2, context_dim=2, net=Spy(), cond_drop=0.1, guidance_range=(1.0, 4.0)).double()
+    with torch.no_grad():
+        model.null_context.zero_()
+    c = torch.eye(2, dtype=torch.float64)[[0, 1, 1]]
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    out = model.sample(3, context=c, steps=2, guidance=3.0, x0=x0)
+    assert [n for n, _ in model.net.calls] == [3, 3] and all(torch.all(w == 2.0) for _, w in model.net.calls)
+    # one step of the exact guided average velocity lands on mu_omega + sigma x0
+    one = model.sample(3, context=c, steps=1, guidance=3.0, x0=x0)
+    torch.testing.assert_close(one, 3.0 * (c @ CLASS_MU) - 2.0 * MU_NULL + SIGMA * x0)
+    torch.testing.assert_close(out, one)
+    unc = model.sample(3, context=c, steps=1, guidance=0.0, x0=x0)
+    torch.testing.assert_close(unc, MU_NULL + SIGMA * x0)
+    with pytest.raises(ValueError, match=r"guidance_range|\[1.0, 4.0\]"):
+        model.sample(3, context=c, guidance=6.0)
+    assert model.log_prob(torch.randn(3, 2, dtype=torch.float64), context=c, guidance=2.0).shape == (3,)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"guidance_range": (1.0, 3.0)}, "cond_drop"),                                    # no dropout
+    ({"guidance_range": (2.0, 3.0), "cond_drop": 0.1}, "guidance=1.0"),              # default outside
+    ({"guidance_range": (3.0, 1.0), "cond_drop": 0.1}, "lo <= hi"),
+    ({"guidance_range": "wide", "cond_drop": 0.1}, "two numbers"),
+])
+def test_guidance_range_is_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        pf.build("meanflow", dim=2, context_dim=3, **kw)
+    with pytest.raises(ValueError, match="does not train"):
+        pf.build("shortcut", dim=2, context_dim=3, cond_drop=0.1, guidance_range=(1.0, 3.0))
+
+
+def test_guided_meanflow_trains_saves_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    m = pf.build("meanflow", dim=2, context_dim=2, hidden=(16,), cond_drop=0.2, guidance_range=(1.0, 3.0))
+    x, c = torch.randn(64, 2), torch.eye(2)[torch.randint(0, 2, (64,))]
+    pf.fit(m, x, context=c, steps=3, batch_size=32, progress=False)
+    pf.save(m, tmp_path / "m.pt")
+    r = pf.load(tmp_path / "m.pt")
+    assert r.guidance_range == (1.0, 3.0)
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(r.sample(4, context=c[:4], guidance=2.5, generator=g),
+                               m.sample(4, context=c[:4], guidance=2.5, generator=torch.Generator().manual_seed(0)))

@@ -126,6 +126,11 @@ class FewStepFlow(FlowMatching):
         solver, logprob_solver: ODE solvers for ``sample(solver=...)`` / ``log_prob``.
         guidance: classifier-free guidance scale (needs ``cond_drop > 0``), applied to the
             few-step map as ``u = u(null) + w (u(c) - u(null))`` as well as to the ODE field.
+        guidance_range: ``(lo, hi)``: train with the guidance scale as a network input (as
+            improved MeanFlow does; ``meanflow`` only, conditional with ``cond_drop > 0``):
+            ``w ~ U[lo, hi]`` per sample, the network sees ``w - 1`` as an extra context
+            column and learns the guided field itself, so ``sample(guidance=w)`` for any w in
+            the range costs one network call per step instead of two. None (default): off.
     """
 
     default_steps = 1
@@ -133,21 +138,71 @@ class FewStepFlow(FlowMatching):
 
     straight_path_only = True
     default_explode_factor = None  # the target moves with the network: its loss may rise legitimately
+    guidance_input = False  # subclasses whose loss trains the guided field set this
 
     def __init__(self, dim: int | Sequence[int] | None = None, context_dim: int = 0,
                  image_shape: Sequence[int] | None = None, *, net: nn.Module | None = None,
                  hidden: Sequence[int] = (128, 128, 128), time_embed: int = 32, activation: str = "silu",
-                 width: int = 32, steps: int = 1, sampler: str = "fewstep", **options):
+                 width: int = 32, steps: int = 1, sampler: str = "fewstep",
+                 guidance_range: Sequence[float] | None = None, **options):
         # **options: FlowMatching's (coupling, time_sampler, cond_drop, guidance, solver, ...).
         check_choice(sampler, SAMPLERS, "sampler")
+        guidance_range = self._check_guidance_range(guidance_range, context_dim, options.get("cond_drop", 0.0))
         if net is None:
             event_shape = _event_shape(dim, image_shape)
             e = time_embed or 1
-            inner = _default_net(event_shape, context_dim + e, hidden, time_embed, activation, width)
+            extra = 1 if guidance_range is not None else 0  # the w - 1 column
+            inner = _default_net(event_shape, context_dim + extra + e, hidden, time_embed, activation, width)
             net = StepNet(inner, time_embed)
         super().__init__(dim, context_dim, image_shape, net=net, hidden=hidden, time_embed=time_embed,
                          activation=activation, width=width, steps=check_positive_int(steps, "steps"), **options)
         self.sampler = sampler
+        self.guidance_range = guidance_range
+        if guidance_range is not None and self.guidance != 0.0 and not (
+                guidance_range[0] <= self.guidance <= guidance_range[1]):
+            raise ValueError(f"guidance={self.guidance} (the default scale at sampling) must lie in "
+                             f"guidance_range={list(guidance_range)} or be 0")
+
+    def _check_guidance_range(self, guidance_range, context_dim, cond_drop) -> tuple[float, float] | None:
+        if guidance_range is None:
+            return None
+        name = type(self).__name__
+        if not self.guidance_input:
+            raise ValueError(f"guidance_range: {name} does not train the guidance scale as an input "
+                             "(meanflow does); use guidance= at sampling instead")
+        try:
+            lo, hi = (float(v) for v in guidance_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance_range must be two numbers (lo, hi), got {guidance_range!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
+            raise ValueError(f"guidance_range must be finite with 0 <= lo <= hi, got {guidance_range!r}")
+        if not context_dim or not cond_drop:
+            raise ValueError(f"guidance_range needs a conditional model trained with cond_drop > 0 "
+                             f"(got context_dim={context_dim}, cond_drop={cond_drop})")
+        return lo, hi
+
+    def guided_context(self, context: Tensor, w: Tensor | float) -> Tensor:
+        """``[context, w - 1]`` ``[N, C + 1]``: what the network of a ``guidance_range`` model reads."""
+        w = torch.as_tensor(w, dtype=context.dtype, device=context.device)
+        return torch.cat([context, (w - 1).expand(context.shape[0])[:, None]], -1)
+
+    def _guidance_context(self, context: Tensor, w: float) -> Tensor:
+        """The network context for guidance ``w`` of a ``guidance_range`` model (0: the null context)."""
+        if w == 0.0:
+            return self.guided_context(self.null_context.to(context).expand_as(context), 1.0)
+        lo, hi = self.guidance_range
+        if not lo - 1e-9 <= w <= hi + 1e-9:
+            raise ValueError(f"guidance={w}: this model learned guidance scales in [{lo}, {hi}] (guidance_range) "
+                             "or 0 (unconditional)")
+        return self.guided_context(context, w)
+
+    def velocity_field(self, context: Tensor | None = None, guidance: float | None = None) -> Field:
+        """As :meth:`FlowMatching.velocity_field`; a ``guidance_range`` model evaluates its
+        learned guided field (one network call) instead of combining two."""
+        if self.guidance_range is None or context is None:
+            return super().velocity_field(context, guidance)
+        w = self.guidance if guidance is None else float(guidance)
+        return self._net_field(self._guidance_context(context, w))
 
     # ----------------------------------------------------------------- fields
     def _net_field(self, context: Tensor | None) -> Field:
@@ -167,6 +222,8 @@ class FewStepFlow(FlowMatching):
         context ``[N, C]`` -> ``[N, ...]``.
         """
         w = self.guidance if guidance is None else float(guidance)
+        if self.guidance_range is not None and context is not None:
+            return self.net(x, t, d, self._guidance_context(context, w))
         if context is None or w == 1.0:
             return self.net(x, t, d, context)
         if self.null_context is None:
@@ -200,10 +257,15 @@ class FewStepFlow(FlowMatching):
 
     # ----------------------------------------------------------------- training helpers
     def _drop_context(self, context: Tensor | None, n: int, device) -> Tensor | None:
+        return self._drop_context_mask(context, n, device)[0]
+
+    def _drop_context_mask(self, context: Tensor | None, n: int, device) -> tuple[Tensor | None, Tensor | None]:
+        """Condition dropout: ``(context with the null context in dropped rows, drop mask [N])``."""
+        drop = None
         if context is not None and self.null_context is not None:
             drop = torch.rand(n, device=device) < self.cond_drop
             context = torch.where(drop[:, None], self.null_context.to(context).expand_as(context), context)
-        return context
+        return context, drop
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, sampler={self.sampler!r}"
@@ -226,12 +288,20 @@ class MeanFlow(FewStepFlow):
     matching). ``w = 1 / (||.||^2 + 1e-3)^adaptive_p`` (the paper's adaptive weight, default p = 1 as in the paper;
     0: plain MSE, which failed to train the conditional U-Net on digits: docs/matching.md).
 
+    With ``guidance_range`` (MeanFlow's training-time guidance, sec. 4.2, with the scale as an
+    input as in improved MeanFlow): each conditional row draws ``omega ~ U[lo, hi]`` and ``v``
+    is replaced by the guided velocity ``omega v + (1 - omega) sg u_theta(z, t, 0 | null)``
+    (rows whose condition was dropped keep ``v``, ``omega = 1``); the network reads
+    ``omega - 1`` (:meth:`guided_context`).
+
     Args (besides :class:`FewStepFlow`'s):
         flow_ratio: fraction of the batch with ``d = 0`` (paper: 0.75).
         loss: ``"meanflow"`` or ``"imf"``.
         jvp: ``"jvp"`` (:func:`torch.func.jvp`) or ``"fd"`` (finite differences, the fallback).
         adaptive_p: power of the adaptive loss weight.
     """
+
+    guidance_input = True
 
     def __init__(
         self,
@@ -283,12 +353,22 @@ class MeanFlow(FewStepFlow):
             t = torch.where(flow, a, lo) if t is None else t
             d = torch.where(flow, torch.zeros_like(a), hi - lo) if d is None else d
         ps = self.path.sample(x_0, x_1, t)
-        context = self._drop_context(context, n, x_1.device)
+        context, drop = self._drop_context_mask(context, n, x_1.device)
+        v = ps.dx_t
+        if self.guidance_range is not None and context is not None:
+            lo, hi = self.guidance_range
+            omega = torch.where(drop, 1.0, lo + (hi - lo) * torch.rand(n, device=x_1.device)).to(x_1.dtype)
+            null = self.guided_context(self.null_context.to(context).expand_as(context), 1.0)
+            with torch.no_grad():
+                v_null = self.net(ps.x_t, t, torch.zeros_like(t), null)
+            om = omega.reshape(-1, *([1] * (v.dim() - 1)))
+            v = om * v + (1 - om) * v_null
+            context = self.guided_context(context, omega)
         tangent = None
         if self.loss_kind == "imf":
             with torch.no_grad():
                 tangent = self.net(ps.x_t, t, torch.zeros_like(t), context)
-        u, target = self.meanflow_target(ps.x_t, t, d, ps.dx_t, context, tangent)
+        u, target = self.meanflow_target(ps.x_t, t, d, v, context, tangent)
         err = _mse(u, target.detach())
         if self.adaptive_p:
             err = err / (err.detach() + 1e-3).pow(self.adaptive_p)
