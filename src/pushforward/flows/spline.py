@@ -20,7 +20,7 @@ KINDS = ("auto", "autoregressive", "coupling")
 
 
 @register("nsf", "Neural spline flow: rational-quadratic splines, autoregressive or coupling (Durkan et al. 2019)",
-          legacy={"tails": False})
+          legacy={"tails": False, "scale_bound": 3.0})
 class NeuralSplineFlow(NormalizingFlow):
     """Neural spline flow (Durkan et al. 2019): monotone rational-quadratic splines over N(0, I).
 
@@ -32,10 +32,15 @@ class NeuralSplineFlow(NormalizingFlow):
     ``dim = 1`` works). ``"auto"``: coupling for ``dim >= 2``, else autoregressive (why: the
     "Choices behind the defaults" section of ``docs/concepts/normalizing-flows.md``).
     ``affine=True`` puts a conditioned affine map before each spline (same conditioner), so heavy
-    tails outside ``[-B, B]`` can be rescaled (funnel-like data).
+    tails outside ``[-B, B]`` can be rescaled (funnel-like data); its log-scale is soft-clamped
+    to ``(-scale_bound, scale_bound)`` per layer (default 6: a standardized 10-D funnel needs
+    log-scales from about -2 to 7 to undo ``x_j = e^(v/2) eps_j``; at 3, the bound ``maf`` and
+    ``realnvp`` use, funnel5's KL at 60 s with ``tails=False`` was 0.029, at 6 0.017). Checkpoints saved
+    before the option existed reload with ``scale_bound=3``.
     ``tails=True`` puts a learned per-dimension :class:`pushforward.transforms.SinhArcsinh`
-    first (data side), initialised from the first batch: it compresses heavy-tailed marginals
-    (Student-t, funnels) into the splines' range and keeps light-tailed ones affine. A
+    first (data side), initialised from the first batch: it compresses independent heavy-tailed
+    marginals (Student-t) into the splines' range and keeps light-tailed ones, and a scale shared
+    across dimensions (funnels), affine. A
     checkpoint whose config lacks ``tails`` (saved before it existed) reloads with
     ``tails=False``, the architecture it was built with.
     """
@@ -44,12 +49,12 @@ class NeuralSplineFlow(NormalizingFlow):
         self, dim: int, context_dim: int = 0, *, kind: str = "auto", transforms: int = 4,
         hidden: Sequence[int] = (128, 128), activation: str = "relu", bins: int = 16, tail_bound: float = 5.0,
         mask: str = "alternate", order: str = "alternate", affine: bool = True,
-        tails: bool = True,
+        tails: bool = True, scale_bound: float = 6.0,
     ):
         check_choice(kind, KINDS, "kind")
         f = RationalQuadraticSpline(bins, tail_bound)
         if affine:
-            f = Chain(Affine(), f)
+            f = Chain(Affine(scale_bound), f)
         if kind == "coupling" or (kind == "auto" and dim >= 2):
             layers = coupling_layers(dim, context_dim, f, transforms, hidden, activation, mask, name="nsf")
         else:
