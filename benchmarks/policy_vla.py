@@ -104,6 +104,7 @@ def language(args) -> None:
     _save("policy_vla_language.json", {
         "machine": _machine() | {"uptime_at_start": start}, "samples": len(demos), "demo_episodes": args.episodes, "collect_s": round(collect_s, 1),
         "train_s": round(train_s, 1), "train_steps": h.steps, "final_loss": float(h.loss[-1]),
+        "loss_by_tenth": [round(float(np.mean(q)), 3) for q in np.array_split(np.asarray(h.loss), 10)],
         "options": vars(args) | {"what": None}, "chance": 1 / 3, "results": evals})
 
 
@@ -128,7 +129,11 @@ def report(args) -> None:
                 f"{d['samples']} samples from {o['episodes']} expert episodes; width {o['width']}, depth {o['depth']}, "
                 f"instruction drop {o['drop']}; trained {d['train_s']} s ({d['train_steps']} steps, batch "
                 f"{o['batch_size']}, final loss {d['final_loss']:.3f}); {o['eval_episodes']} seeded episodes each. "
-                f"Machine at start: `{d['machine'].get('uptime_at_start')}`; at the end: `{d['machine']['uptime']}`.", "",
+                f"Machine at start: `{d['machine'].get('uptime_at_start')}`; at the end: `{d['machine']['uptime']}`.", ""]
+        if "loss_by_tenth" in d:
+            out += [f"Patch {o['patch']}, horizon {o['horizon']}, lr {o['lr']}, max_text {o['max_text']}, seed {o['seed']}; "
+                    f"training loss by tenth of the run: {' / '.join(f'{q:.3f}' for q in d['loss_by_tenth'])}.", ""]
+        out += ["Phrasings: " + "; ".join(f"{i} `{ph}`" for i, ph in enumerate(color_reach.PHRASES)) + ".", "",
                 "| evaluation | success | reached a disc | red | green | blue | phrasings 0/1/2/3 |",
                 "|---|---|---|---|---|---|---|"]
         for k, v in d["results"].items():
@@ -187,18 +192,18 @@ def main() -> None:
     p.add_argument("what", choices=["latency", "language", "report"])
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--episodes", type=int, default=3000)
     p.add_argument("--horizon", type=int, default=8)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--width", type=int, default=96)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--width", type=int, default=64)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--drop", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-time", type=float, default=240)
-    p.add_argument("--eval-episodes", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-time", type=float, default=600)
+    p.add_argument("--eval-episodes", type=int, default=150)
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--max-text", type=int, default=24)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
