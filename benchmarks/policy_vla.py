@@ -101,6 +101,9 @@ def language(args) -> None:
         evals[name] = color_reach.evaluate(policy, episodes=args.eval_episodes, size=args.size, **kw)
         evals[name]["eval_s"] = round(time.time() - t0, 1)
         print(name, evals[name], flush=True)
+    # The ceiling on the same episodes: the expert fails where its straight line meets another disc.
+    evals["expert"] = color_reach.evaluate_expert(episodes=args.eval_episodes, size=args.size, horizon=args.horizon)
+    print("expert", evals["expert"], flush=True)
     _save("policy_vla_language.json", {
         "machine": _machine() | {"uptime_at_start": start}, "samples": len(demos), "demo_episodes": args.episodes, "collect_s": round(collect_s, 1),
         "train_s": round(train_s, 1), "train_steps": h.steps, "final_loss": float(h.loss[-1]),
