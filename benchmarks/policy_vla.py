@@ -107,7 +107,7 @@ def language(args) -> None:
     _save("policy_vla_language.json", {
         "machine": _machine() | {"uptime_at_start": start}, "samples": len(demos), "demo_episodes": args.episodes, "collect_s": round(collect_s, 1),
         "train_s": round(train_s, 1), "train_steps": h.steps, "final_loss": float(h.loss[-1]),
-        "loss_by_tenth": [round(float(np.mean(q)), 3) for q in np.array_split(np.asarray(h.loss), 10)],
+        "loss_by_tenth": [round(float(np.mean(q)), 3) for q in np.array_split(np.asarray(h.loss), min(10, len(h.loss)))],
         "options": vars(args) | {"what": None}, "chance": 1 / 3, "results": evals})
 
 
