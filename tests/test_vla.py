@@ -282,6 +282,9 @@ def test_color_reach_expert_and_chance_structure(monkeypatch):
                 for s in data["instructions"]}) == 3
     demos = Demonstrations(**data)
     assert len(demos) == n
+    # The expert's closed-loop success on the evaluation episodes is the ceiling a policy imitates.
+    ceiling = color_reach.evaluate_expert(episodes=30, size=32, horizon=T)
+    assert ceiling["touched_any"] == 1.0 and ceiling["success"] >= 0.85, ceiling
 
     class Scripted:  # goes to the disc named by the instruction it is given
         def act(self, images, state, instruction, generator=None):
