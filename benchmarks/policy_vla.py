@@ -82,7 +82,8 @@ def latency(args) -> None:
     rows = {k: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v))} for k, v in times.items()}
     for k, r in rows.items():
         print(k, {a: round(b, 2) for a, b in r.items()}, flush=True)
-    _save("policy_vla_latency.json", {"machine": _machine(), "reps": args.reps, "results": rows,
+    name = "policy_vla_latency.json" if args.threads == 1 else f"policy_vla_latency_threads{args.threads}.json"
+    _save(name, {"machine": _machine(), "reps": args.reps, "results": rows,
                                       "compile_s": compile_s,
                                       "vla_params": sum(p.numel() for p in v.parameters()),
                                       "flow_policy_params": sum(p.numel() for p in fp.parameters())})
@@ -127,16 +128,18 @@ def language(args) -> None:
 # ============================================================================ report
 def report(args) -> None:
     out = ["# Vision-language-action flow policy (CPU)", ""]
-    f = RESULTS / "policy_vla_latency.json"
-    if f.is_file():
+    for f in sorted(RESULTS.glob("policy_vla_latency*.json")):
         d = json.loads(f.read_text())
         m = d["machine"]
         out += [f"## act latency, batch 1, 10 Euler steps ({m['cpu_count']} cores, {m['threads']} thread(s), "
                 f"torch {m['torch']}; `{m['uptime']}`; {d['reps']} interleaved rounds)", "",
                 "| policy | median ms | min ms |", "|---|---|---|"]
         out += [f"| {k} | {v['median_ms']:.1f} | {v['min_ms']:.1f} |" for k, v in d["results"].items()]
+        compiled = d.get("compile_s") or {}
         out += ["", f"VLA: {d['vla_params']:,} parameters (one 96x96 camera, 36 image tokens + 48 text + 1 state); "
-                f"FlowPolicy (36-d obs, 16 x 2, default transformer): {d['flow_policy_params']:,}.", ""]
+                f"FlowPolicy (36-d obs, 16 x 2, default transformer): {d['flow_policy_params']:,}."
+                + (" Compiled rows: `set_fast_path(\"default\")`, first call (compilation) "
+                   + ", ".join(f"{k} {v} s" for k, v in compiled.items()) + "." if compiled else ""), ""]
     f = RESULTS / "policy_vla_language.json"
     if f.is_file():
         d = json.loads(f.read_text())
@@ -163,34 +166,35 @@ def report(args) -> None:
 
 
 NOTES = """\
-Latency (issue #14; `latency --no-compile --reps 20`, 1 thread). The 2-core CPU is shared with a
-training job of another session on the other core, so figures move by up to 1.5x between runs
-minutes apart (see the uptime line; the table is the last run).
+Latency (issue #14; `latency --reps 40`, 1 thread; the table above). The 2-core CPU ran one
+other single-thread job (an SBI benchmark) on the other core, so medians are 1.3-1.5x the
+quiet-machine figures and minima are the better guide (the uptime line gives the load).
 
-- Before this change, on the quieter machine (load 0.12): VLA 14.8 ms median / 14.1 ms min,
-  FlowPolicy transformer 10.8 / 10.4 ms. After, three runs within minutes at load 0.4-0.6:
-  VLA 25.1 / 21.1, 19.3 / 16.3 and 19.2 / 15.6 ms; FlowPolicy 19.2 / 16.5, 13.8 / 11.6 and
-  14.5 / 10.8 ms (the load rose between the before and after runs). Old and new paths
-  interleaved call by call in one process (80 rounds, so both see the same load), new vs old:
-  FlowPolicy 10.2 / 8.9 vs 12.7 / 11.1 ms (quietest try) and 12.4 / 10.1 vs 16.1 / 13.1 ms;
-  VLA 14.3 / 12.7 vs 17.6 / 15.2 and 16.9 / 14.2 vs 20.2 / 17.0 ms: about 20% less for
-  FlowPolicy, 17% less for the VLA.
-- Targets: VLA <= 20 ms is **met** on a quiet machine (12-15 ms; it already was before, at
-  14.8 ms) and borderline under this load (19.2-25.1 ms median). FlowPolicy <= 5 ms is **missed** by about 4-5 ms (8.9 ms at best). The rest is
-  compute: at batch 1 a step is 16 float32 matmuls of 16 rows (qkv, proj and the two MLP layers
-  of 3 blocks, embedding, head), 25-40 us each on this CPU (MKL sgemm, ~60 GFLOP/s for these
-  shapes; oneDNN and numpy were no faster), i.e. about 4-6 ms per 10-step chunk before any other
-  op; exact GELU, attention and layer norms add ~1 ms. Reaching 5 ms needs fewer FLOPs (a
-  smaller default net, which would change saved models) or compilation.
-- What changed (outputs equal to the old path, float64 tests to 1e-10: tests/test_policy.py and
-  tests/test_vla.py `test_lean_act_decoder_equals_the_module_decode_path`): `act` runs under
-  `torch.inference_mode` (the result is cloned into an ordinary tensor); without gradients the
-  experts' `decoder(cache)` replaces per-step `decode`: the folded action-embedding weights
-  (W_2a W_1, its bias) are computed once per chunk, the blocks run as functional calls
-  (`_Block.step`: no submodule calls, no returned keys/values), each step's action keys/values are
-  written into per-chunk buffers that hold the prefix (no concatenation), and the VLA's padded key
-  mask is built once. State dict keys and default sizes are unchanged. `torch.compile` was not
-  measured.
+- Eager vs compiled (`set_fast_path("default")`: inductor compiles the prefix encoding and the
+  whole 10-step fixed-grid solve as one graph), interleaved call by call, same weights: VLA
+  19.1 / 13.7 -> 13.1 / 9.7 ms (median / min), state-only FlowPolicy (default transformer)
+  15.3 / 10.0 -> 8.8 / 6.5 ms; the MLP FlowPolicy 2.6 / 1.7 ms eager. Compilation takes 20-130 s
+  on a cold inductor cache (measured 21 s for FlowPolicy at load 2.6 and 131 s for the VLA with
+  guidance recompiles), ~10 s with a warm one (the table's compile seconds are warm). Before this
+  session the compiled path gave nothing (12.5 vs 20.3 ms median in the first try, 8 recompiles):
+  `fixed_grid_solve` read the time span back from a tensor (`.item()`, a graph break that made
+  dynamo skip the solve) and the per-chunk time-embedding cache keyed on `float(t)` forced a
+  recompile per step; both are gone under compile, `fullgraph=True` now makes any new break an
+  error, and tests/test_fast_defaults.py checks that the chunk traces as one graph (FlowPolicy
+  MLP / transformer, VLA with and without guidance).
+- Targets: VLA <= 20 ms is **met** (eager 13.7 ms min / 19.1 median at load ~1.5; compiled
+  9.7 / 13.1 ms). FlowPolicy <= 5 ms is **missed**: 6.5 ms at best compiled, 10 ms eager (1
+  thread). What is left is matrix work: 161 float32 matmuls per chunk (qkv, proj, two MLP layers
+  of 3 blocks per step, embedding, head; 16 rows each) at 25-35 us each with MKL, about 5 ms;
+  inductor fuses the layer norms, GELU and residuals (its generated code is ~2.4 ms per chunk).
+  A pure loop of the 120 block matmuls alone takes 3.0-3.4 ms on this core. bfloat16 matmuls
+  (avx512_bf16) were slower (3.8 ms min, 8.3 median for the same loop). 5 ms therefore needs
+  fewer FLOPs per step (a smaller default net changes saved models and was not measured for
+  policy quality) or a second thread.
+- The per-chunk lean decoder of the previous session (`decoder(cache)`: folded embedding weights
+  once per chunk, functional block calls, key/value buffers holding the prefix; float64-equal
+  to `decode` to 1e-10) is what eager `act` runs; interleaved old vs new it had cut about 20%
+  (FlowPolicy 12.7 / 11.1 -> 10.2 / 8.9 ms, VLA 17.6 / 15.2 -> 14.3 / 12.7 ms on a quiet core).
 - ColorReach (issue #14, language) is **learned** by the `language` defaults (now depth 2,
   width 64, 32x32 pixels, patch 8, 3000 demo episodes, batch 32, lr 1e-3, cosine, EMA 0.999,
   600 s), for both seeds tried: the table above is seed 0; seed 1 (demonstrations from episodes
