@@ -114,6 +114,9 @@ CONTENDERS = {
     "ours rectified": _ours("rectified", distill=True),
     "ours meanflow": _ours("meanflow"),
     "ours meanflow imf": _ours("meanflow", loss="imf"),
+    # The adaptive loss weight's power (default p = 1, the paper's): plain MSE and half-way.
+    "ours meanflow p0": _ours("meanflow", adaptive_p=0.0),
+    "ours meanflow p0.5": _ours("meanflow", adaptive_p=0.5),
     "ours shortcut": _ours("shortcut"),
     "ours consistency": _ours("consistency"),
     "lucidrains meanflow": run_lucidrains_meanflow,
