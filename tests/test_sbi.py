@@ -176,6 +176,19 @@ def test_posterior_bad_input_errors():
         post.log_prob(torch.zeros(2, 2), torch.zeros(2, 4))
 
 
+def test_posterior_trains_with_the_wrapped_models_defaults():
+    from pushforward.posterior import MATCHING_POSTERIOR_LR
+    nsf = build_posterior("nsf", 2, 3)
+    # the bug: Posterior did not forward these, so pf.fit used its generic batch 256 for an nsf
+    assert nsf.default_batch_size == nsf.model.default_batch_size == 512
+    assert nsf.default_lr == nsf.model.default_lr
+    for name in ("fm", "ot-fm"):
+        post = build_posterior(name, 2, 3)
+        assert post.default_lr == MATCHING_POSTERIOR_LR
+        assert post.default_batch_size == post.model.default_batch_size
+    assert pf.build("fm", dim=2).default_lr == 1e-3  # unconditional models keep their own
+
+
 # ----------------------------------------------------------------------------- diagnostics
 class GaussPosterior:
     """The conjugate posterior of LinearGaussian, with its deviation scaled by ``inflate``."""
