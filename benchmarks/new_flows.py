@@ -119,13 +119,15 @@ def main(argv=None):
     p.add_argument("--n-sample", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pairs", default="naf,unaf,bernstein", help="which of ours-vs-zuko pairs to run")
     p.add_argument("--out", default=os.path.join(RESULTS, "new_flows"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # pay torch._dynamo's import before timing
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     rows = []
-    pairs = [(_ours("naf"), _zuko("NAF")), (_ours("unaf"), _zuko("UNAF")), (_ours("bernstein"), _zuko("BPF"))]
+    zuko_name = {"naf": "NAF", "unaf": "UNAF", "bernstein": "BPF"}
+    pairs = [(_ours(n), _zuko(zuko_name[n])) for n in args.pairs.split(",") if n]
     for tname in [t for t in args.targets.split(",") if t]:
         target = pf.data.get_target(tname)
         x_train = target.sample(args.n_train, generator=torch.Generator().manual_seed(args.seed))
@@ -146,7 +148,8 @@ def main(argv=None):
     with open(args.out + ".json", "w") as f:
         json.dump({"meta": meta, "density": rows, "digits": img}, f, indent=1)
     lines = ["# New flows: NAF / UNAF / Bernstein vs zuko, TarFlow vs Glow", "",
-             f"`python benchmarks/new_flows.py --budget {args.budget:g} --targets {args.targets} --digits {args.digits:g}`"
+             f"`python benchmarks/new_flows.py --budget {args.budget:g} --targets {args.targets} --digits {args.digits:g} "
+             f"--pairs {args.pairs}`"
              f", {meta['date']}, torch {meta['torch']}, {args.threads} thread(s). Load before: `{load}`; "
              f"after: `{meta['load_after']}` (the 2-core machine was shared with other jobs: throughputs are noisy).", ""]
     if rows:
