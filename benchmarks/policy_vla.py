@@ -166,31 +166,34 @@ def report(args) -> None:
 
 
 NOTES = """\
-Latency (issue #14; `latency --reps 40`, 1 thread; the table above). The 2-core CPU ran one
-other single-thread job (an SBI benchmark) on the other core, so medians are 1.3-1.5x the
-quiet-machine figures and minima are the better guide (the uptime line gives the load).
+Latency (issue #14; `latency --reps 40 --threads 1` and `--threads 2`; the tables above, taken
+back to back on an otherwise idle machine, load 0.8-1.1).
 
 - Eager vs compiled (`set_fast_path("default")`: inductor compiles the prefix encoding and the
-  whole 10-step fixed-grid solve as one graph), interleaved call by call, same weights: VLA
-  19.1 / 13.7 -> 13.1 / 9.7 ms (median / min), state-only FlowPolicy (default transformer)
-  15.3 / 10.0 -> 8.8 / 6.5 ms; the MLP FlowPolicy 2.6 / 1.7 ms eager. Compilation takes 20-130 s
-  on a cold inductor cache (measured 21 s for FlowPolicy at load 2.6 and 131 s for the VLA with
-  guidance recompiles), ~10 s with a warm one (the table's compile seconds are warm). Before this
-  session the compiled path gave nothing (12.5 vs 20.3 ms median in the first try, 8 recompiles):
-  `fixed_grid_solve` read the time span back from a tensor (`.item()`, a graph break that made
-  dynamo skip the solve) and the per-chunk time-embedding cache keyed on `float(t)` forced a
-  recompile per step; both are gone under compile, `fullgraph=True` now makes any new break an
-  error, and tests/test_fast_defaults.py checks that the chunk traces as one graph (FlowPolicy
-  MLP / transformer, VLA with and without guidance).
-- Targets: VLA <= 20 ms is **met** (eager 13.7 ms min / 19.1 median at load ~1.5; compiled
-  9.7 / 13.1 ms). FlowPolicy <= 5 ms is **missed**: 6.5 ms at best compiled, 10 ms eager (1
-  thread). What is left is matrix work: 161 float32 matmuls per chunk (qkv, proj, two MLP layers
-  of 3 blocks per step, embedding, head; 16 rows each) at 25-35 us each with MKL, about 5 ms;
-  inductor fuses the layer norms, GELU and residuals (its generated code is ~2.4 ms per chunk).
-  A pure loop of the 120 block matmuls alone takes 3.0-3.4 ms on this core. bfloat16 matmuls
-  (avx512_bf16) were slower (3.8 ms min, 8.3 median for the same loop). 5 ms therefore needs
-  fewer FLOPs per step (a smaller default net changes saved models and was not measured for
-  policy quality) or a second thread.
+  whole 10-step fixed-grid solve as one graph), interleaved call by call, same weights, 1 thread,
+  median / min: VLA 13.1 / 12.6 -> 9.2 / 8.8 ms, state-only FlowPolicy (default transformer)
+  9.3 / 9.0 -> 6.2 / 5.9 ms; the MLP FlowPolicy 1.6 / 1.5 ms eager. Two threads (torch's default
+  on this machine, what a user gets) are no faster: VLA 14.5 / 12.2 -> 9.6 / 8.6 ms, FlowPolicy
+  11.3 / 9.2 -> 7.1 / 6.5 ms (16-row matmuls do not split well). An earlier run with another job
+  on the second core gave VLA 19.1 / 13.7 -> 13.1 / 9.7 and FlowPolicy 15.3 / 10.0 -> 8.8 / 6.5.
+  Compilation takes 20-130 s on a cold inductor cache (21 s for FlowPolicy at load 2.6, 131 s for
+  the VLA with guidance recompiles), 2-45 s with a warm one (the tables' compile seconds).
+  Inductor's `freezing` (weight prepacking for CPU inference) was slower: 8.9-10.5 ms min vs
+  6.0-6.2 ms, two processes each. Before this session the compiled path gave nothing (12.5 vs
+  20.3 ms median in the first try, 8 recompiles): `fixed_grid_solve` read the time span back from
+  a tensor (`.item()`, a graph break that made dynamo skip the solve) and the per-chunk
+  time-embedding cache keyed on `float(t)` forced a recompile per step; both are gone under
+  compile, `fullgraph=True` now makes any new break an error, and tests/test_fast_defaults.py
+  checks that the chunk traces as one graph (FlowPolicy MLP / transformer, VLA with and without
+  guidance).
+- Targets: VLA <= 20 ms is **met** (eager 12.6 ms min / 13.1 median; compiled 8.8 / 9.2 ms).
+  FlowPolicy <= 5 ms is **missed**: 5.9 ms at best compiled, 9.0 ms eager. What is left is matrix
+  work: 161 float32 matmuls per chunk (qkv, proj, two MLP layers of 3 blocks per step, embedding,
+  head; 16 rows each) at 25-35 us each with MKL, about 5 ms; inductor fuses the layer norms, GELU
+  and residuals (its generated code is ~2.4 ms per chunk under the profiler). A pure loop of the
+  120 block matmuls alone takes 3.0-3.4 ms on this core; bfloat16 matmuls (avx512_bf16) were
+  slower (3.8 ms min, 8.3 median for the same loop). 5 ms therefore needs fewer FLOPs per step
+  (a smaller default net changes saved models and was not measured for policy quality).
 - The per-chunk lean decoder of the previous session (`decoder(cache)`: folded embedding weights
   once per chunk, functional block calls, key/value buffers holding the prefix; float64-equal
   to `decode` to 1e-10) is what eager `act` runs; interleaved old vs new it had cut about 20%
