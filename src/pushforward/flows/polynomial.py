@@ -27,9 +27,9 @@ class BernsteinFlow(NormalizingFlow):
     Args:
         dim: D (``dim = 1`` works). context_dim: size C of a context ``[N, C]``.
         transforms: number of MADE layers (orders alternate). hidden, activation: MADE.
-        degree: polynomial degree ``M``. bound: the polynomial acts on ``[-bound, bound]`` (default
-            3: standardized data live mostly there; 5 left the polynomial's resolution unused,
-            ring KL 0.31 vs 0.12 and gmm10 0.58 vs 0.47 at 20 s, benchmarks/results/new_flows.md).
+        degree: polynomial degree ``M``. bound: the polynomial acts on ``[-bound, bound]`` of the
+            standardized data (default 3, where they mostly lie; measured against 5 in
+            ``benchmarks/results/new_flows_bernstein.md``).
         affine: a conditioned affine map before each polynomial (same MADE), so data beyond
             ``bound`` can be brought inside.
         order: as in :class:`pushforward.flows.AutoregressiveFlow`. tol: bisection tolerance.

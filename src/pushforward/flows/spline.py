@@ -33,10 +33,10 @@ class NeuralSplineFlow(NormalizingFlow):
     "Choices behind the defaults" section of ``docs/concepts/normalizing-flows.md``).
     ``affine=True`` puts a conditioned affine map before each spline (same conditioner), so heavy
     tails outside ``[-B, B]`` can be rescaled (funnel-like data); its log-scale is soft-clamped
-    to ``(-scale_bound, scale_bound)`` per layer (default 6: a standardized 10-D funnel needs
-    log-scales from about -2 to 7 to undo ``x_j = e^(v/2) eps_j``; at 3, the bound ``maf`` and
-    ``realnvp`` use, funnel5's KL at 60 s with ``tails=False`` was 0.029, at 6 0.017). Checkpoints saved
-    before the option existed reload with ``scale_bound=3``.
+    to ``(-scale_bound, scale_bound)`` per layer (default 6: a standardized funnel needs
+    log-scales up to about 7 to undo ``x_j = e^(v/2) eps_j``; measured against 3, the bound of
+    ``maf``/``realnvp``, in ``benchmarks/results/density_tails.md``). Checkpoints saved before
+    the option existed reload with ``scale_bound=3``.
     ``tails=True`` puts a learned per-dimension :class:`pushforward.transforms.SinhArcsinh`
     first (data side), initialised from the first batch: it compresses independent heavy-tailed
     marginals (Student-t) into the splines' range and keeps light-tailed ones, and a scale shared
