@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pushforward as pf
-from pushforward.data.sequences import MarkovChainTarget, quantized_digits, zen_text
+from pushforward.data.sequences import MarkovChainTarget, docstring_text, quantized_digits, zen_text
 from pushforward.discrete import MixturePath, path_elbo
 
 D64 = torch.float64
@@ -273,6 +273,14 @@ def test_digits_and_text_are_token_sequences():
     t, vocab = zen_text(length=12, stride=4)
     assert t.dtype == torch.long and t.shape[1] == 12 and int(t.max()) < len(vocab)
     assert "".join(vocab[i] for i in t[0]) == "the zen of p"
+    train, test, vocab = docstring_text(length=16, stride=16)
+    assert len(vocab) == 32 and train.shape[1] == test.shape[1] == 16 and len(train) > 5 * len(test) > 0
+    assert train.dtype == torch.long and int(max(train.max(), test.max())) < 32
+    # windows are contiguous text: consecutive non-overlapping train windows join without a gap
+    text = "".join(vocab[i] for i in train[:3].reshape(-1))
+    assert "  " not in text and text == text.lower()
+    with pytest.raises(ValueError, match="test_fraction"):
+        docstring_text(test_fraction=1.0)
 
 
 @pytest.mark.slow

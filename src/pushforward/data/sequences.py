@@ -6,6 +6,8 @@
   levels (2: binarized), with their labels.
 - :func:`zen_text`: character sequences cut from the Zen of Python (the ``this`` module that ships
   with Python), with the vocabulary.
+- :func:`docstring_text`: a larger corpus (~150 000 characters): the docstrings of a fixed list of
+  standard-library modules, cut into windows with a held-out tail.
 Nothing is downloaded.
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import importlib
+import inspect
 import io
+import re
 
 import torch
 from torch import Tensor
@@ -93,3 +97,42 @@ def zen_text(length: int = 16, stride: int = 1) -> tuple[Tensor, str]:
     check_int_range(length, "length", 1, len(ids))
     check_int_range(stride, "stride", 1)
     return ids.unfold(0, length, stride).contiguous(), vocab
+
+
+DOCSTRING_MODULES = ("argparse", "collections", "functools", "itertools", "json", "os", "re", "string", "textwrap",
+                     "random", "statistics", "pathlib", "heapq", "bisect", "difflib", "csv", "calendar", "fractions",
+                     "decimal", "unittest", "logging", "shutil", "subprocess", "threading", "typing", "dataclasses",
+                     "enum", "contextlib", "abc", "copy", "pickle", "zipfile", "tarfile", "datetime")
+DOCSTRING_VOCAB = " '(),.abcdefghijklmnopqrstuvwxyz"
+
+
+def docstring_text(length: int = 32, stride: int = 8, test_fraction: float = 0.1) -> tuple[Tensor, Tensor, str]:
+    """Windows of ``length`` characters of standard-library docstrings: ``(train [N, length],
+    test [M, length], vocab)`` (token ``i`` is ``vocab[i]``, 32 characters).
+
+    The text is the module docstring and the public functions' and classes' docstrings of
+    :data:`DOCSTRING_MODULES`, lower-cased, characters outside :data:`DOCSTRING_VOCAB` removed and
+    whitespace collapsed (its exact content follows the running Python's version). The last
+    ``test_fraction`` of the text is held out; no window crosses the cut. Windows start every
+    ``stride`` characters. Empty under ``python -OO`` (docstrings stripped): then a clear error.
+    """
+    check_int_range(length, "length", 1)
+    check_int_range(stride, "stride", 1)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    parts = []
+    for name in DOCSTRING_MODULES:
+        mod = importlib.import_module(name)
+        parts.append(inspect.getdoc(mod) or "")
+        for attr, obj in sorted(vars(mod).items()):
+            if not attr.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) \
+                    and getattr(obj, "__module__", None) == name:
+                parts.append(inspect.getdoc(obj) or "")
+    text = re.sub(r"\s+", " ", re.sub(f"[^{re.escape(DOCSTRING_VOCAB)}\\s]", "", " ".join(parts).lower()))
+    if len(text) < 20 * length:
+        raise RuntimeError(f"the standard library's docstrings give only {len(text)} characters "
+                           "(is Python running with -OO?); docstring_text needs them")
+    ids = torch.tensor([DOCSTRING_VOCAB.index(c) for c in text], dtype=torch.long)
+    cut = int(len(ids) * (1 - test_fraction))
+    train, test = ids[:cut].unfold(0, length, stride), ids[cut:].unfold(0, length, stride)
+    return train.contiguous(), test.contiguous(), DOCSTRING_VOCAB
