@@ -492,9 +492,10 @@ class Consistency(FewStepFlow):
     generator); one step is ``f(sigma_d eps, pi/2) = -sigma_d F(eps, pi/2)``.
 
     *The ODE of sCT* is TrigFlow's probability-flow ODE with ``F`` read as the diffusion field,
-    ``dx_tau/dtau = sigma_d F(x_tau / sigma_d, tau)`` (the velocity ``f``'s parametrisation
-    implies: ``f`` is the DDIM jump from tau to 0 with this velocity), in library time and
-    units. The ODE state ``y_t = x_tau / a_t`` with ``a_t = t + (1 - t) sigma_d`` starts at the
+    ``dx_tau/dtau = sigma_d F(x_tau / sigma_d, tau)`` (the velocity that ``f``'s parametrisation
+    implies: ``f`` is the DDIM jump from tau to 0 with it; the flow along which ``f`` itself is
+    constant, ``-(d_x f)^-1 d_tau f``, needs a Jacobian solve and is singular at ``tau = pi/2``
+    wherever ``d_x F = 0``), in library time and units. The ODE state ``y_t = x_tau / a_t`` with ``a_t = t + (1 - t) sigma_d`` starts at the
     base (``y_0 = eps``) and ends at the data (``y_1 = x``); since ``dtau/dt = -pi/2``::
 
         dy/dt = (-(pi/2) sigma_d F(a_t y / sigma_d, tau) - (1 - sigma_d) y) / a_t,
