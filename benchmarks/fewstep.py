@@ -8,7 +8,10 @@ Contenders are interleaved per target (one after the other in one process).
 - ``ours rectified``: ``pf.build("rectified", distill=True)`` + ``pf.fit`` (1-RF 50 %, reflow 25 %
   including its pair solve, one-step distillation 25 % of the budget); 2/4 steps are Euler.
 - ``ours meanflow`` (``loss="meanflow"``), ``ours meanflow imf`` (``loss="imf"``),
-  ``ours shortcut``, ``ours consistency``: ``pf.fit`` with the model defaults.
+  ``ours shortcut``: ``pf.fit`` with the model defaults; ``ours consistency`` (``method="cfm"``,
+  consistency flow matching) and ``ours consistency-sct`` (``method="sct"``, continuous-time
+  consistency training; k steps are multistep consistency sampling), each with its defaults, plus
+  two sCT settings (``warmup=0``, ``sigma_d=0.5``).
 - ``lucidrains meanflow``: ``rectified_flow_pytorch.mean_flow.MeanFlow`` (its defaults: adaptive
   weight p = 0.5, logit-normal times, 50 % flow-matching batches) around the same StepNet,
   trained with the anchors' loop; 1 step is its ``sample``, 2/4 its ``slow_sample``.
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -118,7 +122,12 @@ CONTENDERS = {
     "ours meanflow p0": _ours("meanflow", adaptive_p=0.0),
     "ours meanflow p0.5": _ours("meanflow", adaptive_p=0.5),
     "ours shortcut": _ours("shortcut"),
-    "ours consistency": _ours("consistency"),
+    # The two methods of `consistency`, named explicitly (the default is whichever measured better:
+    # results/fewstep_consistency.md); sCT with its tangent warm-up off and with the paper's sigma_d.
+    "ours consistency": _ours("consistency", method="cfm"),
+    "ours consistency-sct": _ours("consistency", method="sct"),
+    "ours consistency-sct warmup0": _ours("consistency", method="sct", warmup=0),
+    "ours consistency-sct sd0.5": _ours("consistency", method="sct", sigma_d=0.5),
     "lucidrains meanflow": run_lucidrains_meanflow,
     "torchcfm ot-cfm": fm_bench.run_torchcfm,
     "meta fm": fm_bench.run_meta,
@@ -161,8 +170,9 @@ def main(argv=None):
            "machine": platform.machine(), "cores": os.cpu_count(),
            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     Path(args.out + ".json").write_text(json.dumps({"args": vars(args), "env": env, "results": results}, indent=1))
+    run = shlex.join(["python", "benchmarks/fewstep.py", *(argv if argv is not None else sys.argv[1:])])
     lines = ["# Few-step benchmark", "",
-             f"Run: `python benchmarks/fewstep.py --budget {args.budget}` ({time.strftime('%Y-%m-%d %H:%M')}).",
+             f"Run: `{run}` ({time.strftime('%Y-%m-%d %H:%M')}).",
              f"Machine: {env['machine']}, {env['cores']} cores shared with other jobs; torch {env['torch']} CPU, "
              f"1 thread. Load average before {load_before[0]:.1f}, after {env['load_after'][0]:.1f} "
              f"(`{env['uptime']}`).",

@@ -48,10 +48,18 @@ NAMES = [n for n in NAMES if getattr(pf.registry.entry(n).factory, "support", "e
 # Models on the flat torus: data are angles in [-pi, pi), the density integrates to 1 over that box.
 PERIODIC = {"circular-nsf"}
 IMAGE = {"glow", "tarflow"}
+# Names with more than one training method run every check once per method, as "name:method".
+METHODS = {"consistency": ("sct", "cfm")}
+NAMES = [f"{n}:{m}" if m else n for n in NAMES for m in METHODS.get(n, (None,))]
 
 
-def _kwargs(name: str) -> dict:
-    return dict(SPECIAL.get(name, {"dim": 2}))
+def _build_name(case: str) -> str:
+    return case.partition(":")[0]
+
+
+def _kwargs(case: str) -> dict:
+    name, _, method = case.partition(":")
+    return dict(SPECIAL.get(name, {"dim": 2}), **({"method": method} if method else {}))
 
 
 def _event_shape(name: str) -> tuple[int, ...]:
@@ -61,7 +69,7 @@ def _event_shape(name: str) -> tuple[int, ...]:
 
 def _make(name: str, context_dim: int = 0, perturb: float = 0.05, seed: int = 0):
     torch.manual_seed(seed)
-    model = pf.build(name, context_dim=context_dim, **_kwargs(name)).double()
+    model = pf.build(_build_name(name), context_dim=context_dim, **_kwargs(name)).double()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
@@ -137,7 +145,7 @@ def test_save_load_round_trip(name, tmp_path):
 
 def _has_conditional_variant(name: str) -> bool:
     try:
-        pf.build(name, context_dim=3, **_kwargs(name))
+        pf.build(_build_name(name), context_dim=3, **_kwargs(name))
     except (ValueError, NotImplementedError):
         return False
     return True
@@ -146,7 +154,7 @@ def _has_conditional_variant(name: str) -> bool:
 # Generated only where they apply (no skips); the excluded names are pinned so that a model
 # losing its conditional variant or its standardization is noticed.
 CONDITIONAL = [n for n in NAMES if _has_conditional_variant(n)]
-STANDARDIZED = [n for n in NAMES if pf.build(n, **_kwargs(n)).standardize_by_default]
+STANDARDIZED = [n for n in NAMES if pf.build(_build_name(n), **_kwargs(n)).standardize_by_default]
 
 
 def test_which_names_are_conditional_and_standardized():
@@ -247,7 +255,7 @@ def test_density_integrates_to_one_and_matches_sampler(name):
     model = _make(name, perturb=0.05)
     periodic = name in PERIODIC
     # On the torus: a cell-centred grid of [-pi, pi)^2 (the density is periodic, not decaying).
-    pts, h = _grid(n=COARSE_GRID.get(name, GRID_N), half_width=GRID_L)
+    pts, h = _grid(n=COARSE_GRID.get(_build_name(name), GRID_N), half_width=GRID_L)
     if periodic:
         u = (torch.arange(200, dtype=torch.float64) + 0.5) / 200 * 2 * math.pi - math.pi
         xx, yy = torch.meshgrid(u, u, indexing="ij")
@@ -299,7 +307,7 @@ def _build_any(name: str):
     if name.endswith("-policy"):
         extra = {"stride": 2} if name.startswith("hierarchical") else {}
         return pf.build(name, 2, context_dim=3, horizon=4, width=16, depth=1, **extra)
-    return pf.build(name, **_kwargs(name))
+    return pf.build(_build_name(name), **_kwargs(name))
 
 
 class _Unusable:
@@ -311,7 +319,8 @@ class _Unusable:
     __hash__ = object.__hash__
 
 
-@pytest.mark.parametrize("model_name", pf.available_models())
+@pytest.mark.parametrize("model_name", [f"{n}:{m}" if m else n for n in pf.available_models()
+                                        for m in METHODS.get(n, (None,))])
 def test_a_reload_uses_no_class_default(model_name, tmp_path, monkeypatch):
     """``build`` records every option, so a later version may change any default: with every
     default of the registered factory made unusable, a saved model still reloads identically."""
@@ -319,6 +328,7 @@ def test_a_reload_uses_no_class_default(model_name, tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     model = _build_any(model_name).eval()
+    model_name = _build_name(model_name)
     assert set(reg.entry(model_name).options()) <= set(model.config)
     pf.save(model, tmp_path / "m.pt")
     factory = reg.entry(model_name).factory

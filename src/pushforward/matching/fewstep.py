@@ -1,8 +1,9 @@
-"""Few-step and one-step generators on the straight path: MeanFlow, shortcut and consistency flow matching.
+"""Few-step and one-step generators: MeanFlow, shortcut and consistency models (consistency FM, sCT).
 
 All three learn, besides the instantaneous velocity ``v(x, t)`` of flow matching, a map that
-jumps a finite step. With the straight path ``x_t = (1 - t) x_0 + t x_1`` (t = 0 noise, t = 1
-data) and the marginal flow ``z_t``, the *average velocity* over a step of length ``d >= 0`` is
+jumps a finite step (sCT on its own TrigFlow path, mapped onto the library's time). With the
+straight path ``x_t = (1 - t) x_0 + t x_1`` (t = 0 noise, t = 1 data) and the marginal flow
+``z_t``, the *average velocity* over a step of length ``d >= 0`` is
 
     u(z_t, t, d) = (z_{t+d} - z_t) / d = (1/d) int_t^{t+d} v(z_s, s) ds ,   u(z, t, 0) = v(z, t),
 
@@ -18,14 +19,18 @@ so ``z_{t+d} = z_t + d u(z_t, t, d)`` and one step of ``d = 1`` maps noise to da
 * Shortcut models (Frans et al. 2025, "One Step Diffusion via Shortcut Models"): flow matching at
   ``d = 0`` plus self-consistency, one step of ``2d`` equals two of ``d``:
   ``s(x_t, t, 2d) = sg(s(x_t, t, d) + s(x_t + d s(x_t, t, d), t + d, d)) / 2``.
-* Consistency flow matching (Yang et al. 2024, "Consistency Flow Matching"): the velocity's
-  one-step prediction ``f(x_t, t) = x_t + (1 - t) v(x_t, t)`` is made constant along the path,
+* Consistency models without a teacher (:class:`Consistency`, ``method=``): consistency flow
+  matching (``"cfm"``, Yang et al. 2024, "Consistency Flow Matching"): the velocity's one-step
+  prediction ``f(x_t, t) = x_t + (1 - t) v(x_t, t)`` is made constant along the path,
   ``||f(x_t, t) - sg f(x_{t+dt}, t+dt)||^2 + alpha ||v(x_t, t) - sg v(x_{t+dt}, t+dt)||^2``,
   alone by default: a flow-matching term would pull ``v(x_0, 0)`` to the marginal
-  ``E[x_1] - x_0``, whose one step is the data mean.
+  ``E[x_1] - x_0``, whose one step is the data mean; or continuous-time consistency training
+  (``"sct"``, Lu & Song 2024) on the TrigFlow path, its tangent ``df/dtau`` by the same JVP (or
+  finite differences) as MeanFlow's, with tangent normalisation and warm-up.
 
 Every model is a :class:`~pushforward.continuous.ContinuousFlow` whose ODE field is the
-instantaneous velocity (``d = 0``): ``log_prob`` and ``sample(n, solver=...)`` come from the ODE
+instantaneous velocity (``d = 0``; sCT: TrigFlow's probability-flow velocity of its network in
+library time, :class:`Consistency`): ``log_prob`` and ``sample(n, solver=...)`` come from the ODE
 family; ``sample(n, steps=k)`` without a solver uses the few-step map. The two views agree only
 as far as the network is consistent (docs/matching.md, "Few-step generation").
 """
@@ -237,8 +242,9 @@ class FewStepFlow(FlowMatching):
         return uncond + w * (cond - uncond)
 
     def few_step(self, x0: Tensor, steps: int, context: Tensor | None = None,
-                 guidance: float | None = None) -> Tensor:
-        """The few-step map: ``steps`` jumps ``x <- x + h u(x, t, h)``, ``h = 1/steps``, from 0 to 1."""
+                 guidance: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """The few-step map: ``steps`` jumps ``x <- x + h u(x, t, h)``, ``h = 1/steps``, from 0 to 1
+        (deterministic: ``generator`` is for subclasses that re-noise between steps)."""
         steps = check_positive_int(steps, "steps")
         h = 1.0 / steps
         x = x0
@@ -251,7 +257,8 @@ class FewStepFlow(FlowMatching):
                 guidance=None):
         if solver is None and self.sampler == "fewstep":
             x0 = self.base.sample(n, context, generator) if x0 is None else x0
-            return self.few_step(x0, self.default_steps if steps is None else steps, context, guidance)
+            return self.few_step(x0, self.default_steps if steps is None else steps, context, guidance,
+                                 generator=generator)
         return super()._sample(n, context, generator, steps=steps, solver=solver, atol=atol, rtol=rtol, x0=x0,
                                guidance=guidance)
 
@@ -436,30 +443,83 @@ class Shortcut(FewStepFlow):
         return err.mean()
 
 
-class ConsistencyFM(FewStepFlow):
-    """Consistency flow matching (Yang et al. 2024): a velocity ``v(x, t)`` made consistent along the path.
+CONSISTENCY_METHODS = ("sct", "cfm")
+# Each method's own options and their defaults; the other method's options must stay None.
+CFM_DEFAULTS = {"delta": 0.05, "alpha": 1e-1, "fm_weight": 0.0}
+SCT_DEFAULTS = {"sigma_d": 1.0, "warmup": 1000, "tangent_c": 0.1, "p_mean": -1.0, "p_std": 1.4, "jvp": "jvp"}
 
-    ``f(x_t, t) = x_t + (1 - t) v(x_t, t)`` is the one-step prediction of the data (``f(x, 1) = x``
-    by construction). Per sample, with ``t ~ U[0, 1 - delta]`` and ``x_t, x_{t+delta}`` on the
-    same straight pair (consistency training: no teacher)::
+
+def trig_time(t: Tensor | float) -> Tensor | float:
+    """TrigFlow time ``tau = (1 - t) pi / 2`` of library time ``t`` (t = 0 noise: tau = pi/2; t = 1 data: tau = 0)."""
+    return (1 - t) * (math.pi / 2)
+
+
+class Consistency(FewStepFlow):
+    """Consistency models trained without a teacher: ``method="cfm"`` or ``method="sct"``.
+
+    **Consistency flow matching** (``"cfm"``, Yang et al. 2024, "Consistency Flow Matching"): the
+    network is a velocity ``v(x, t)`` whose one-step prediction ``f(x_t, t) = x_t + (1 - t) v(x_t, t)``
+    (``f(x, 1) = x`` by construction) is made constant along the straight path. Per sample, with
+    ``t ~ U[0, 1 - delta]`` and ``x_t, x_{t+delta}`` on the same pair::
 
         L = ||f(x_t, t) - sg f(x_{t+delta}, t+delta)||^2 + alpha ||v(x_t, t) - sg v(x_{t+delta}, t+delta)||^2
             + fm_weight ||v(x_t, t) - (x_1 - x_0)||^2
 
     ``v`` is then a straightened velocity, not the marginal one: its ODE (``log_prob``,
-    ``sample(solver=...)``) is the flow of that field, close to the one-step map once consistent.
+    ``sample(solver=...)``) is the flow of that field. The few-step map is Euler on ``v``; one
+    step is ``f(x_0, 0)``.
 
-    The network ignores ``d`` (it is always 0): the few-step map is Euler on ``v``, and one step
-    is ``f(x_0, 0)``. Continuous-time consistency training (sCT) was not implemented (no
-    measurement at equal budget yet).
+    **Continuous-time consistency training** (``"sct"``, Lu & Song 2024, "Simplifying, Stabilizing
+    and Scaling Continuous-Time Consistency Models", Algorithm 1 without a teacher). TrigFlow:
+    data ``x`` at ``tau = 0``, noise ``z = sigma_d eps`` (``eps ~ N(0, I)``, the base) at
+    ``tau = pi/2``, ``x_tau = cos(tau) x + sin(tau) z``, and the library's time is
+    ``t = 1 - 2 tau / pi`` (:func:`trig_time`; the network reads ``t``). The consistency function
+    is ``f(x_tau, tau) = cos(tau) x_tau - sin(tau) sigma_d F(x_tau / sigma_d, tau)`` (``f(x, 0) = x``).
+    With ``tau = arctan(e^n / sigma_d)``, ``n ~ N(p_mean, p_std^2)``, the conditional velocity
+    ``v_c = cos(tau) z - sin(tau) x`` of the pair and ``cs = cos(tau) sin(tau)``::
 
-    Args (besides :class:`FewStepFlow`'s):
-        delta: the time offset of the consistency pair (paper: 1e-3; 0.05 propagates the t = 1
-            boundary faster at small budgets: on a 2-D Gaussian after 600 steps its one-step scale
-            was 0.35 of 0.5 against 0.37 with 0.01, its mean closer).
-        alpha: weight of the velocity-consistency term.
-        fm_weight: weight of an added flow-matching term (default 0, the paper's loss; 0.1 shrank
-            the one-step scale to 0.23 of 0.5 in the same run).
+        (F-, cs sigma_d dF-/dtau) = jvp(F, (x_tau / sigma_d, tau), (cs v_c, cs sigma_d))
+        g = -cos^2(tau) (sigma_d F- - v_c) - r cs (x_tau + sigma_d dF-/dtau)      (= cos(tau) df-/dtau at r = 1)
+        g <- g / (||g|| + tangent_c)                                               (tangent normalisation)
+        L = ||F_theta - sg(F- + g)||^2 / D
+
+    ``r = min(1, iteration / warmup)`` is the tangent warm-up (the training iteration is the
+    buffer ``sct_iters``, saved with the model, advanced by every loss evaluated with gradients in
+    training mode). ``jvp="fd"`` takes the tangent by central differences (:func:`jvp`, shared
+    with :class:`MeanFlow`). The few-step map is multistep consistency sampling (Song et al. 2023,
+    Algorithm 1) on the library grid ``t_i = i / k``: ``x = f(x, tau_i)``, then re-noised with
+    fresh base noise to ``cos(tau_{i+1}) x + sin(tau_{i+1}) sigma_d eps`` (from the sampler's
+    generator); one step is ``f(sigma_d eps, pi/2) = -sigma_d F(eps, pi/2)``.
+
+    *The ODE of sCT* is TrigFlow's probability-flow ODE with ``F`` read as the diffusion field,
+    ``dx_tau/dtau = sigma_d F(x_tau / sigma_d, tau)`` (the velocity that ``f``'s parametrisation
+    implies: ``f`` is the DDIM jump from tau to 0 with it; the flow along which ``f`` itself is
+    constant, ``-(d_x f)^-1 d_tau f``, needs a Jacobian solve and is singular at ``tau = pi/2``
+    wherever ``d_x F = 0``), in library time and units. The ODE state ``y_t = x_tau / a_t`` with ``a_t = t + (1 - t) sigma_d`` starts at the
+    base (``y_0 = eps``) and ends at the data (``y_1 = x``); since ``dtau/dt = -pi/2``::
+
+        dy/dt = (-(pi/2) sigma_d F(a_t y / sigma_d, tau) - (1 - sigma_d) y) / a_t,
+        div_y  = -(pi/2) div F - (1 - sigma_d) D / a_t        (D = the event size)
+
+    (``sigma_d = 1``: ``y = x_tau`` and ``dy/dt = -(pi/2) F(y, tau)``). The exact consistency
+    function's ``F`` equals the diffusion field only at ``tau = 0``, so even at the optimum this
+    ODE is the flow of the learned field, not the one-step map's (as for ``cfm``,
+    docs/matching.md); the other way round, the diffusion field's ``F`` makes it the exact
+    marginal flow (tests/test_fewstep.py).
+
+    Which method is the default, and why: benchmarks/results/fewstep_consistency.md.
+
+    Args (besides :class:`FewStepFlow`'s; each method's options must be left at None by the
+    other, None meaning the method's default, which the model records):
+        method: ``"sct"`` or ``"cfm"``.
+        delta: (cfm) the time offset of the consistency pair (default 0.05; paper 1e-3).
+        alpha: (cfm) weight of the velocity-consistency term (default 0.1).
+        fm_weight: (cfm) weight of an added flow-matching term (default 0, the paper's loss).
+        sigma_d: (sct) the data's standard deviation in standardized units (default 1.0).
+        warmup: (sct) iterations of the tangent warm-up (default 1000; 0: none).
+        tangent_c: (sct) the tangent normalisation constant ``c`` (default 0.1; 0: no normalisation).
+        p_mean, p_std: (sct) the log-normal proposal of ``tan(tau) sigma_d`` (defaults -1.0, 1.4, the paper's).
+        jvp: (sct) ``"jvp"`` (:func:`torch.func.jvp`, default) or ``"fd"`` (finite differences).
     """
 
     def __init__(
@@ -468,24 +528,87 @@ class ConsistencyFM(FewStepFlow):
         context_dim: int = 0,
         image_shape: Sequence[int] | None = None,
         *,
-        delta: float = 0.05,
-        alpha: float = 1e-1,
-        fm_weight: float = 0.0,
+        method: str = "cfm",
+        delta: float | None = None,
+        alpha: float | None = None,
+        fm_weight: float | None = None,
+        sigma_d: float | None = None,
+        warmup: int | None = None,
+        tangent_c: float | None = None,
+        p_mean: float | None = None,
+        p_std: float | None = None,
+        jvp: str | None = None,
         **options,  # FewStepFlow's and FlowMatching's (the registry records them)
     ):
         super().__init__(dim, context_dim, image_shape, **options)
-        if not 0.0 < delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-        for value, what in ((alpha, "alpha"), (fm_weight, "fm_weight")):
-            if not (value >= 0.0 and math.isfinite(value)):
-                raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
-        self.delta, self.alpha, self.fm_weight = float(delta), float(alpha), float(fm_weight)
+        check_choice(method, CONSISTENCY_METHODS, "method")
+        given = {"delta": delta, "alpha": alpha, "fm_weight": fm_weight, "sigma_d": sigma_d, "warmup": warmup,
+                 "tangent_c": tangent_c, "p_mean": p_mean, "p_std": p_std, "jvp": jvp}
+        own, other = (CFM_DEFAULTS, SCT_DEFAULTS) if method == "cfm" else (SCT_DEFAULTS, CFM_DEFAULTS)
+        foreign = [k for k in other if given[k] is not None]
+        if foreign:
+            raise ValueError(f"option(s) {foreign} belong to method={'sct' if method == 'cfm' else 'cfm'!r}, "
+                             f"not to method={method!r}")
+        opts = {k: own[k] if given[k] is None else given[k] for k in own}
+        self.method = method
+        self.resolved_options.update(opts)
+        if method == "cfm":
+            if not 0.0 < opts["delta"] < 1.0:
+                raise ValueError(f"delta must be in (0, 1), got {opts['delta']!r}")
+            for what in ("alpha", "fm_weight"):
+                if not (opts[what] >= 0.0 and math.isfinite(opts[what])):
+                    raise ValueError(f"{what} must be a finite number >= 0, got {opts[what]!r}")
+            self.delta, self.alpha, self.fm_weight = (float(opts[k]) for k in ("delta", "alpha", "fm_weight"))
+            return
+        if not (opts["sigma_d"] > 0.0 and math.isfinite(opts["sigma_d"])):
+            raise ValueError(f"sigma_d must be a finite number > 0, got {opts['sigma_d']!r}")
+        if not (opts["tangent_c"] >= 0.0 and math.isfinite(opts["tangent_c"])):
+            raise ValueError(f"tangent_c must be a finite number >= 0 (0: no normalisation), got {opts['tangent_c']!r}")
+        if not (opts["p_std"] > 0.0 and math.isfinite(opts["p_std"])):
+            raise ValueError(f"p_std must be a finite number > 0, got {opts['p_std']!r}")
+        check_choice(opts["jvp"], JVP_METHODS, "jvp")
+        self.sigma_d, self.tangent_c = float(opts["sigma_d"]), float(opts["tangent_c"])
+        self.warmup, self.p_mean, self.p_std = int(opts["warmup"]), float(opts["p_mean"]), float(opts["p_std"])
+        self.jvp_method = opts["jvp"]
+        self.register_buffer("sct_iters", torch.zeros((), dtype=torch.long))
 
-    def step_velocity(self, x, t, d, context=None, guidance=None):  # noqa: D102 - d is not an input here
+    # ----------------------------------------------------------------- shared
+    def _guided_net(self, x: Tensor, t: Tensor | float, context: Tensor | None, guidance: float | None) -> Tensor:
+        """The network at ``d = 0`` (it ignores ``d``) with classifier-free guidance."""
         return super().step_velocity(x, t, 0.0, context, guidance)
 
+    def step_velocity(self, x, t, d, context=None, guidance=None):  # noqa: D102 - d is not an input here
+        if self.method == "sct":
+            raise NotImplementedError("method='sct' has no step-conditioned velocity; its few-step map is "
+                                      "consistency_function + re-noising (few_step)")
+        return self._guided_net(x, t, context, guidance)
+
     def paired_loss(self, x_0: Tensor, x_1: Tensor, context: Tensor | None = None, t: Tensor | None = None) -> Tensor:
-        """The consistency-FM loss on given pairs; t ``[N]`` in ``[0, 1 - delta]``."""
+        """The method's loss on given pairs (x_0 base noise, x_1 data); t ``[N]`` in library time
+        (cfm: in ``[0, 1 - delta]``; sct: ``tau = trig_time(t)``) defaults to the method's draws."""
+        if self.method == "sct":
+            return self._sct_loss(x_0, x_1, context, t)
+        return self._cfm_loss(x_0, x_1, context, t)
+
+    def few_step(self, x0: Tensor, steps: int, context: Tensor | None = None, guidance: float | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """cfm: Euler on ``v`` (:meth:`FewStepFlow.few_step`); sct: multistep consistency sampling
+        on ``t_i = i / steps`` with fresh base noise from ``generator`` between steps."""
+        if self.method == "cfm":
+            return super().few_step(x0, steps, context, guidance)
+        steps = check_positive_int(steps, "steps")
+        sd = self.sigma_d
+        x = sd * x0
+        for i in range(steps):
+            f = self.consistency_function(x, i / steps, context, guidance)
+            if i < steps - 1:
+                tau = trig_time((i + 1) / steps)
+                x = math.cos(tau) * f + math.sin(tau) * sd * self.base.sample(x.shape[0], context, generator).to(f)
+        self.nfe = steps
+        return f
+
+    # ----------------------------------------------------------------- cfm
+    def _cfm_loss(self, x_0, x_1, context, t):
         n = x_1.shape[0]
         if t is None:
             t = torch.rand(n, device=x_1.device, dtype=x_1.dtype) * (1 - self.delta)
@@ -503,8 +626,106 @@ class ConsistencyFM(FewStepFlow):
             err = err + self.fm_weight * _mse(v, a.dx_t)
         return err.mean()
 
+    # ----------------------------------------------------------------- sct
+    def consistency_function(self, x: Tensor, t: Tensor | float, context: Tensor | None = None,
+                             guidance: float | None = None) -> Tensor:
+        """sct: ``f(x, tau) = cos(tau) x - sin(tau) sigma_d F(x / sigma_d, tau)``, ``tau = trig_time(t)``.
+
+        x ``[N, ...]`` a TrigFlow state (noise scale ``sigma_d``), t ``[]`` or ``[N]`` library time
+        -> the data prediction ``[N, ...]`` (standardized units).
+        """
+        t = batch_times(t, x)
+        tau = trig_time(t).reshape(-1, *([1] * (x.dim() - 1)))
+        return tau.cos() * x - tau.sin() * self.sigma_d * self._guided_net(x / self.sigma_d, t, context, guidance)
+
+    def sct_tangent(self, x_t: Tensor, tau: Tensor, v: Tensor, context: Tensor | None,
+                    r: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``(F_theta(x_t / sigma_d, tau) [N, ...] with its graph, g [N, ...] before normalisation, no graph)``.
+
+        x_t ``[N, ...]`` at TrigFlow time tau ``[N]``, v the conditional velocity ``dx_t/dtau``;
+        ``g = -cos^2 (sigma_d F- - v) - r cos sin (x_t + sigma_d dF-/dtau)`` with the total
+        derivative along v by :func:`jvp` (the JVP tangents carry the ``cos sin`` factor).
+        """
+        net, sd = self.net, self.sigma_d
+        zero = torch.zeros_like(tau)
+
+        def F(xin, tau_):
+            return net(xin, 1 - tau_ * (2 / math.pi), zero, context)
+
+        shape = (-1, *([1] * (x_t.dim() - 1)))
+        cs = tau.cos() * tau.sin()
+        out, d_out = jvp(F, (x_t / sd, tau), (cs.reshape(shape) * v, cs * sd), self.jvp_method)
+        c = tau.cos().reshape(shape)
+        f_minus, d_minus = out.detach(), d_out.detach()
+        g = -c**2 * (sd * f_minus - v) - r * (cs.reshape(shape) * x_t + d_minus)
+        return out, g
+
+    def _sct_loss(self, x_0, x_1, context, t):
+        n = x_1.shape[0]
+        if t is None:
+            e = torch.exp(self.p_mean + self.p_std * torch.randn(n, device=x_1.device, dtype=x_1.dtype))
+            tau = torch.atan(e / self.sigma_d)
+        else:
+            tau = trig_time(t)
+        context = self._drop_context(context, n, x_1.device)
+        shape = (-1, *([1] * (x_1.dim() - 1)))
+        c, s, z = tau.cos().reshape(shape), tau.sin().reshape(shape), self.sigma_d * x_0
+        x_t, v = c * x_1 + s * z, c * z - s * x_1
+        r = 1.0 if self.warmup == 0 else min(1.0, int(self.sct_iters) / self.warmup)
+        if self.training and torch.is_grad_enabled():
+            self.sct_iters += 1
+        out, g = self.sct_tangent(x_t, tau, v, context, r)
+        if self.tangent_c:
+            g = g / (g.reshape(n, -1).norm(dim=-1).reshape(shape) + self.tangent_c)
+        return _mse(out, out.detach() + g).mean()
+
+    def _net_field(self, context: Tensor | None) -> Field:
+        # sct: TrigFlow's PF-ODE dx/dtau = sigma_d F in library time and units (class docstring).
+        if self.method == "cfm":
+            return super()._net_field(context)
+        net, sd = self.net, self.sigma_d
+        size = math.prod(self.event_shape)
+
+        def scales(y, t):
+            t = batch_times(t, y)
+            return t, (t + (1 - t) * sd).reshape(-1, *([1] * (y.dim() - 1)))
+
+        def velocity(y, t):
+            t, a = scales(y, t)
+            return (-(math.pi / 2) * sd * net(a * y / sd, t, 0.0, context) - (1 - sd) * y) / a
+
+        fast = None
+        if getattr(net, "has_divergence", False):
+            def fast(y, t):
+                t, a = scales(y, t)
+                out, div = net.forward_with_divergence(a * y / sd, t, 0.0, context)
+                u = (-(math.pi / 2) * sd * out - (1 - sd) * y) / a
+                return u, -(math.pi / 2) * div - (1 - sd) * size / a.reshape(-1)
+        return Field(velocity, fast)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, method={self.method!r}"
+
+
+class ConsistencyFM(Consistency):
+    """:class:`Consistency` with ``method="cfm"`` (consistency flow matching, Yang et al. 2024)."""
+
+    def __init__(self, dim: int | Sequence[int] | None = None, context_dim: int = 0,
+                 image_shape: Sequence[int] | None = None, *, method: str = "cfm", **options):
+        super().__init__(dim, context_dim, image_shape, method=method, **options)
+
+
+class ConsistencyTraining(Consistency):
+    """:class:`Consistency` with ``method="sct"`` (continuous-time consistency training, Lu & Song 2024)."""
+
+    def __init__(self, dim: int | Sequence[int] | None = None, context_dim: int = 0,
+                 image_shape: Sequence[int] | None = None, *, method: str = "sct", **options):
+        super().__init__(dim, context_dim, image_shape, method=method, **options)
+
 
 register("meanflow", MeanFlow, "MeanFlow (Geng et al. 2025): average velocity u(z, t, d) by a JVP; one-step sampling")
 register("shortcut", Shortcut, "Shortcut model (Frans et al. 2025): step-conditioned field, self-consistency")
-register("consistency", ConsistencyFM,
-         "Consistency flow matching (Yang et al. 2024): velocity consistency along the path; one-step sampling")
+# Checkpoints saved before sct existed are consistency flow matching.
+register("consistency", Consistency,
+         "Consistency models: sCT (Lu & Song 2024) or consistency flow matching (Yang et al. 2024); one-step "
+         "sampling", legacy={"method": "cfm"})
