@@ -95,7 +95,7 @@ def test_reflow_of_a_built_model_keeps_a_loadable_config(tmp_path):
 # ------------------------------------------------------------------ the staged recipe in pf.fit
 def _recipe(**kw):
     torch.manual_seed(0)
-    return pf.build("rectified", dim=2, hidden=(32, 32), reflow_pairs=1000, **kw)
+    return pf.build("rectified", dim=2, hidden=(32, 32), **{"reflow_pairs": 1000, **kw})
 
 
 def test_fit_runs_the_whole_recipe_in_its_budget():
@@ -108,6 +108,20 @@ def test_fit_runs_the_whole_recipe_in_its_budget():
     model.sample(7)
     assert model.nfe == 1  # a distilled model samples in one step by default
     assert model.stage_names() == ["1-rf", "reflow-2", "distill"]
+
+
+def test_pair_generation_stays_inside_a_time_budget():
+    # generate_pairs with a time cap stops after the batch that reaches it (batches of 1024)
+    model = _recipe()
+    x0, x1 = generate_pairs(model, 5000, solver="euler", steps=4, max_time=0.0)
+    assert x0.shape == x1.shape == (1024, 2)
+    # in a timed recipe the reflow pairs get at most half the stage's share: 1e6 pairs do not fit
+    # in 2 s, so the stage starts with fewer and the history records how many
+    model = _recipe(reflow_pairs=1_000_000, pair_solver="rk4", pair_steps=64)
+    h = pf.fit(model, _target(2000, 0), max_time=2.0, progress=False)
+    (entry,) = h["stages"]
+    assert 1024 <= entry["pairs"] < 1_000_000 and model.pairs_x0.shape == (entry["pairs"], 2)
+    assert model.pairs_x1.shape == model.pairs_x0.shape
 
 
 def test_reflow_rounds_zero_is_plain_rectified_flow():

@@ -39,7 +39,9 @@ class RectifiedFlow(FlowMatching):
     straight-path loss), then, with ``distill=True``, ``distill`` (one-step regression
     ``v(x_0, 0) -> x_1 - x_0`` on fresh pairs; afterwards ``sample(n)`` takes one Euler step).
     ``budget_split`` gives the stages' shares of the budget (default: 1-RF 0.5, the rest split
-    evenly); pair generation is paid from the stage it starts. A resumed run continues its stage
+    evenly); pair generation is paid from the stage it starts and, under a time budget, takes at
+    most half of that stage's share (fewer than ``reflow_pairs`` pairs then; ``history["stages"]``
+    records the count). A resumed run continues its stage
     (the pairs and the stage index are part of the model's state).
 
     Options as :class:`FlowMatching` (``path`` must be ``"ot"`` with ``sigma_min = 0``), plus:
@@ -112,8 +114,9 @@ class RectifiedFlow(FlowMatching):
         self._fit_stage.fill_(int(value))
 
     @torch.no_grad()
-    def begin_stage(self, index: int, name: str, draw) -> None:
-        """Draw ``reflow_pairs`` pairs of the current flow (contexts from ``draw()`` batches)."""
+    def begin_stage(self, index: int, name: str, draw, max_time: float | None = None) -> dict:
+        """Draw ``reflow_pairs`` pairs of the current flow (contexts from ``draw()`` batches), or as
+        many as ``max_time`` seconds allow (at least one batch); returns ``{"pairs": n}``."""
         context = None
         if self.context_dim:
             cs, n = [], 0
@@ -124,12 +127,15 @@ class RectifiedFlow(FlowMatching):
             context = torch.cat(cs)[:self.reflow_pairs]
         was = self.training
         self.eval()
-        x0, x1 = generate_pairs(self, self.reflow_pairs, context, solver=self.pair_solver, steps=self.pair_steps)
+        x0, x1 = generate_pairs(self, self.reflow_pairs, context, solver=self.pair_solver, steps=self.pair_steps,
+                                max_time=max_time)
         self.train(was)
+        context = None if context is None else context[:x0.shape[0]]
         self.pairs_x0, self.pairs_x1 = x0, x1
         self.pairs_c = context if context is not None else torch.zeros(0, device=x0.device, dtype=x0.dtype)
         if name != "distill":
             self.reflow_round = index + 1
+        return {"pairs": int(x0.shape[0])}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The pairs' shapes are the saved ones (empty in a freshly built model).
@@ -176,22 +182,33 @@ def generate_pairs(
     rtol: float = 1e-4,
     batch_size: int = 8192,
     generator: torch.Generator | None = None,
+    max_time: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Noise/data pairs ``(x_0, x_1 = Z_1(x_0))`` of the model's flow, in standardized units.
 
     x_0 ``[n, ...]`` ~ the base; x_1 ``[n, ...]`` by solving the ODE (default adaptive ``dopri5``
     at 1e-4: reflow needs the flow's own coupling, not its discretisation error).
     context ``[n, C]`` for conditional models (one pair per row).
+    ``max_time``: stop after the batch that would otherwise run past this many seconds (batches of
+    at most 1024 then; at least one): the first ``m <= n`` pairs are returned.
     """
     context = _context(model, context, n)
     x0 = model.base.sample(n, context, generator)
-    out = []
+    if max_time is not None:
+        batch_size = min(batch_size, 1024)
+    out, start, done = [], time.perf_counter(), 0
     for i in range(0, n, batch_size):
+        t0 = time.perf_counter()
         c = None if context is None else context[i:i + batch_size]
         xs = odeint(model.velocity_field(c), x0[i:i + batch_size], [0.0, 1.0],
                     solver=solver, steps=steps, atol=atol, rtol=rtol)
         out.append(xs[-1])
-    return x0, torch.cat(out)
+        done = i + xs.shape[1]
+        now = time.perf_counter()
+        # the next batch is predicted to take as long as this one
+        if max_time is not None and now - start + (now - t0) > max_time:
+            break
+    return x0[:done], torch.cat(out)
 
 
 @torch.no_grad()

@@ -4,10 +4,13 @@ The hook, optional for any model:
 
 * ``model.fit_stages() -> [(name, fraction), ...]``: the stages and their shares of the budget
   (fractions > 0 summing to 1; the budget is the run's step horizon, else its time horizon);
-* ``model.begin_stage(index, name, draw)``: called once when the run enters stage ``index``
-  (not for stage 0 and not again on resume); ``draw()`` returns a training batch ``(x, context)``
-  (the model may use it to collect contexts, e.g. for pair generation). The model keeps whatever
-  the stage needs in its own state (buffers), so checkpoints carry it;
+* ``model.begin_stage(index, name, draw, max_time)``: called once when the run enters stage
+  ``index`` (not for stage 0 and not again on resume); ``draw()`` returns a training batch
+  ``(x, context)`` (the model may use it to collect contexts, e.g. for pair generation);
+  ``max_time`` is what the preparation may spend: half the stage's share of a time budget (None
+  with a step budget), so the recipe stays inside the budget. It may return a dict, recorded in
+  the stage's history entry. The model keeps whatever the stage needs in its own state (buffers),
+  so checkpoints carry it;
 * ``model.fit_stage`` (an int): the stage the model is in, part of its state, so a resumed run
   continues the stage it was in.
 
@@ -57,13 +60,17 @@ class Stages:
         current, entered = int(self.model.fit_stage), False
         while current < i:
             current += 1
-            self.model.begin_stage(current, self.names[current], draw)
+            allowance = None if self.horizon_steps else \
+                0.5 * (self.bounds[current + 1] - self.bounds[current]) * self.horizon_time
+            info = self.model.begin_stage(current, self.names[current], draw, max_time=allowance)
             self.model.fit_stage = current
-            history.setdefault("stages", []).append(
-                {"stage": self.names[current], "step": step, "time": round(elapsed, 4)})
+            entry = {"stage": self.names[current], "step": step, "time": round(elapsed, 4)}
+            entry.update(info if isinstance(info, dict) else {})
+            history.setdefault("stages", []).append(entry)
             if announce:
+                extra = "".join(f", {k} {v}" for k, v in entry.items() if k not in ("stage", "step", "time"))
                 print(f"pushforward: stage {current + 1}/{len(self.names)} {self.names[current]} "
-                      f"(step {step}, {elapsed:.1f} s)", file=sys.stderr)
+                      f"(step {step}, {elapsed:.1f} s{extra})", file=sys.stderr)
             entered = True
         return entered, local if current == i else 0.0
 
