@@ -5,6 +5,10 @@
 * :class:`DiffusionPolicy`: Diffusion Policy (Chi et al. 2023): epsilon-prediction DDPM
   (Ho et al. 2020) with K = 100 steps and the squared-cosine schedule (Nichol & Dhariwal 2021),
   sampled by ancestral DDPM (100 network calls) or deterministic DDIM (Song et al. 2021).
+
+The DDPM math (:func:`ddpm_loss`, :func:`ddpm_sample`, :func:`diffusion_time`) takes the network
+as a function ``eps_fn(x, tau)`` with its observation already encoded, so the same code trains and
+samples :class:`DiffusionPolicy` and ``VLAPolicy(objective="ddpm")``.
 """
 
 from __future__ import annotations
@@ -173,6 +177,7 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
     ``L = || eps_theta(x_k, k, o) - eps ||^2``. The network's time input is ``1 - (k + 1) / K``
     (1 = clean, matching the flow convention; it is only an input). Sampling: ``sampler="ddpm"``
     (ancestral, K calls, posterior variance ``beta~``) or ``"ddim"`` (eta = 0, ``steps`` calls).
+    Both are :func:`ddpm_loss` / :func:`ddpm_sample`, shared with ``VLAPolicy(objective="ddpm")``.
 
     ``clip``: the predicted clean chunk is clipped to ``[-clip, clip]`` (normalised units) at
     every step, as Diffusion Policy does (``clip_sample``, there on min-max units, [-1, 1]; ours
