@@ -384,7 +384,42 @@ back to back on an otherwise idle machine, load 0.8-1.1).
   ways to make the escape reliable (a higher or constant learning rate; a text encoder that
   forms words before the prefix attention: bytes such as r, e, d also occur in "green", "disc",
   "reach"). `VLAPolicy`'s defaults (width 128, depth 3, patch 16, lr 3e-4) were not changed.
-- PushT from pixels was not run (left).
+- PushT from pixels: see the PushT notes below.
+
+PushT from pixels (issue #14; `pusht` defaults: `--max-time 900`, 64x64, width 96, depth 2, patch 16,
+batch 64, lr 1e-3; the table above).
+
+- **Missed, far from the anchor.** Diffusion Policy's image-based PushT (CNN) reaches 0.91 max
+  coverage and 0.84 mean of its last checkpoints after 3000 epochs on a GPU. With 15 minutes of
+  one shared CPU thread per method (7-10 epochs of the 200 demonstrations) **no method succeeded
+  in any of the 50 episodes**: mean max coverage 0.249 for the flow policy (10 Euler steps), 0.148
+  for DDPM (100 steps), 0.083 for DDIM (10 steps), 0.112 for MSE regression. Standing still
+  (`evaluate_policy(make_env, lambda o: o[:2], ...)`, measured separately) scores 0.081 on the
+  same seeds (the T's start overlaps the goal in some), so DDIM did nothing
+  useful and MSE little; the flow policy pushes the T towards the goal in part of the episodes
+  (median 0.212, 7 episodes above 0.5, best 0.823) and is ahead of every baseline, as in the
+  state-based table of docs/policy.md, but this is a very early point of training for all four:
+  the losses were still falling (loss by tenth above) and the state-based policies needed
+  30-60k steps at batch 256 for 0.77-0.85 (these made 3.5-4.6k steps at batch 64).
+- **Equal wall clock, not equal steps.** The three trainings ran one after the other on the
+  2-core machine shared with other jobs (load 2-6 during the flow run, 3-4 after): flow made
+  3515 steps, DDPM 4247, MSE 4601 in the same 900 s. The network is the same (DDPM and MSE
+  differ only in the target), so the difference is the load: the flow run had the busiest
+  machine, and the flow policy led with the fewest updates.
+- What the policy sees: the environment's own observation rendering (pygame arena, OpenCV
+  resize) at 64x64 (downsampled from Diffusion Policy's 96x96 for the CPU; at 96x96 the
+  same network took 1.6x longer per step) plus the agent position (2 numbers), one frame, no
+  history and no random-crop augmentation (Diffusion Policy: 2 frames, 84x84 crops). The
+  demonstrations are the 200 expert successes of the state benchmark
+  (benchmarks/data/pusht_demos.npz, `collect_demos`, seeds from 100000), re-rendered from their
+  recorded states by `pixel_demos`; tests/test_pusht.py checks that the rendered demonstration
+  image equals the evaluation environment's observation pixel for pixel. Rendering the 30 542
+  frames took 109 s.
+- Latency (batch 1, one thread, after training, machine shared): flow 10 Euler 11.8 ms median /
+  6.8 ms min, DDPM 100 steps 84.9 / 55.2 ms, DDIM 10 steps 11.5 / 7.0 ms, MSE 4.1 / 2.8 ms; the
+  per-chunk medians measured during the evaluations are the last column of the table.
+- Not measured: longer budgets (the run to make on a GPU: `pusht --max-time 3600` or more, or
+  `pf.fit(..., epochs=...)`), 96x96, two-frame history, augmentation, more seeds of training.
 """
 
 
