@@ -368,3 +368,25 @@ def test_lean_act_decoder_equals_the_module_decode_path(kw, gen):
     x, t = torch.randn(3, H, A, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(p.net.decoder(cache)(x, t), p.net.decode(x, t, cache), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sampler,steps,std_tol", [("ddim", 100, 0.01), ("ddpm", 100, 0.02), ("ddim", 10, 0.08)])
+def test_shared_ddpm_sampler_with_the_exact_epsilon_lands_on_the_gaussian(sampler, steps, std_tol):
+    """Data N(mu, s^2): the exact epsilon is ``E[eps | x_k] = b (x_k - a mu) / (a^2 s^2 + b^2)``
+    (a = sqrt(ab_k), b = sqrt(1 - ab_k)); both samplers must then return N(mu, s^2). DDIM on
+    every step is the probability-flow ODE; on 10 steps its first-order error shrinks the spread
+    (measured: std 0.429, 0.467 on 20, 0.490 on 50, 0.497 on 100 for s = 0.5)."""
+    from pushforward.policy.baselines import cosine_alpha_bar, ddpm_sample, diffusion_time
+
+    num, mu, s = 100, 2.0, 0.5
+    abar = cosine_alpha_bar(num)
+
+    def eps(x, tau):
+        k = ((1 - tau) * num - 1).round().long()
+        assert torch.equal(diffusion_time(k, num, x), tau)  # the time input maps back to its step
+        a, b = abar[k].sqrt().view(-1, 1), (1 - abar[k]).sqrt().view(-1, 1)
+        return b * (x - a * mu) / (a**2 * s**2 + b**2)
+
+    g = torch.Generator().manual_seed(0)
+    x = ddpm_sample(eps, torch.randn(20000, 1, generator=g, dtype=torch.float64), abar, sampler, steps, None, g)
+    assert abs(x.mean().item() - mu) < 0.02 and abs(x.std().item() - s) < std_tol

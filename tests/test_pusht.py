@@ -141,3 +141,74 @@ def test_expert_plans_when_no_pre_contact_point_fits():
     assert len(ex.plan) >= 1 and np.isfinite(np.asarray(ex.plan)).all()
     np.testing.assert_allclose(ex.pre, [200.0, 200.0])  # from here: no walk to a contact point
     assert ex.chunk(4).shape == (4, 2)
+
+
+# ----------------------------------------------------------------- PushT from pixels
+def _random_episode(env, seed=2, steps=12):
+    rng = np.random.default_rng(seed)
+    obs = [env.reset(seed=seed)[0]]
+    acts = rng.uniform(80, 430, (steps, 2))
+    for a in acts:
+        obs.append(env.step(a)[0])
+    return np.asarray(obs), acts
+
+
+def test_demo_rendering_is_the_image_the_policy_sees_at_evaluation():
+    """Same seed and actions in the state env and the pixel env: the demonstration images
+    rendered from the recorded states equal the pixel env's observations bit for bit, and
+    PixelPolicy hands the VLA exactly those images and the agent position."""
+    import torch
+
+    from pushforward.envs.pusht_pixels import (
+        PixelPolicy,
+        block_pose,
+        make_pixel_env,
+        pixel_demos,
+        render_states,
+    )
+
+    state_obs, acts = _random_episode(make_env())
+    pix_obs, _ = _random_episode(make_pixel_env(32))
+    assert pix_obs.shape == (13, 2 + 3 * 32 * 32)
+    np.testing.assert_array_equal(pix_obs[:, :2], state_obs[:, :2])
+    env = make_env()
+    _random_episode(env)
+    u = env.unwrapped
+    np.testing.assert_allclose(block_pose(state_obs[-1:, 2:])[0], [*u.block.position, u.block.angle], atol=1e-9)
+    images = render_states(state_obs, 32)
+    assert images.shape == (13, 3, 32, 32) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images.reshape(13, -1), pix_obs[:, 2:])
+    assert images.std() > 0  # not blank: the T, the goal and the agent are drawn
+
+    demos = pixel_demos([(state_obs[:-1], acts)], horizon=4, size=32, instruction="push", max_text=8)
+    assert demos.actions.shape == (12, 4, 2) and demos.state.shape == (12, 2) and demos.image_shape == (3, 32, 32)
+    assert demos.images[0].dtype == torch.uint8 and demos.instructions == ["push"] * 12
+
+    seen = {}
+
+    class Spy:
+        state_dim, image_shape, horizon = 2, (3, 32, 32), 4
+
+        def act(self, images, state, instruction, **kw):
+            seen.update(images=images, state=state, instruction=instruction)
+            return np.zeros((len(state), 4, 2))
+
+    PixelPolicy(Spy(), "push").act(pix_obs[3:5])
+    assert torch.equal(seen["images"], demos.images[0][3:5]) and seen["instruction"] == "push"
+    np.testing.assert_array_equal(seen["state"], state_obs[3:5, :2])  # (Demonstrations keep float32)
+
+
+def test_evaluate_pixels_runs_every_objective():
+    import torch
+
+    from pushforward.envs.pusht_pixels import evaluate_pixels
+    from pushforward.policy import VLAPolicy
+
+    for objective, kw in (("flow", {}), ("ddpm", {"sampler": "ddim", "steps": 3}), ("mse", {})):
+        torch.manual_seed(0)
+        p = VLAPolicy(image_shape=(3, 32, 32), state_dim=2, action_dim=2, horizon=4, width=16, depth=1, heads=2,
+                      patch=8, max_text=1, objective=objective, diffusion_steps=10).eval()
+        p.set_normalization(actions=torch.rand(8, 4, 2) * 512, state=torch.rand(8, 2) * 512)
+        r = evaluate_pixels(p, episodes=2, max_steps=6, execute=2, **kw)
+        assert len(r["episodes"]) == 2 and 0.0 <= r["mean_max_coverage"] < 0.95 and r["success_rate"] == 0.0
+        assert r["act_ms_median"] > 0

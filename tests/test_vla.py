@@ -366,3 +366,108 @@ def test_registered_name_builds_saves_by_config_and_reloads(tmp_path):
         pf.build("vla-policy", A, context_dim=10, image_shape=IMG)
     with pytest.raises(ValueError, match="image_shape"):
         pf.build("vla-policy", A, context_dim=p.context_dim)
+
+
+# ----------------------------------------------------------------- objectives: ddpm and mse baselines on the VLA's network
+VARIANTS = [("flow", {}), ("ddpm", {"sampler": "ddpm"}), ("ddpm", {"sampler": "ddim", "steps": 4}), ("mse", {})]
+
+
+@pytest.mark.parametrize("objective,kw", VARIANTS)
+def test_every_objective_caches_exactly_and_reloads_identically(objective, kw, tmp_path):
+    """The prefix cache is exact for every sampler, and a saved policy (config + state dict)
+    records its objective and acts bit-identically after loading."""
+    p = _policy(objective=objective, diffusion_steps=12)
+    images, state = _inputs(3)
+    act = dict(images=images, state=state, instruction=["a", "bb", ""], **kw)
+    a = p.act(**act, generator=torch.Generator().manual_seed(3))
+    b = p.act(**act, generator=torch.Generator().manual_seed(3), cache=False)
+    assert a.shape == (3, T, A) and torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert p.config["objective"] == objective and p.config["diffusion_steps"] == 12
+    pf.save(p, tmp_path / "p.pt")
+    assert "module" not in torch.load(tmp_path / "p.pt", weights_only=False)  # saved by config
+    q = pf.load(tmp_path / "p.pt").eval()
+    assert q.objective == objective
+    torch.testing.assert_close(q.act(**act, generator=torch.Generator().manual_seed(3)), a, rtol=0, atol=0)
+    ctx = p.pack(images, state, ["a", "bb", ""])
+    assert p.sample(3, ctx).shape == (3, T, A)
+
+
+def test_mse_act_is_one_deterministic_call_on_the_zero_chunk():
+    p = _policy(objective="mse")
+    images, state = _inputs(2)
+    kw = dict(images=images, state=state, instruction="go")
+    a = p.act(**kw, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(p.act(**kw, generator=torch.Generator().manual_seed(9)), a, rtol=0, atol=0)
+    parts = _parts(p, [images], state, ["go", "go"])
+    direct = p.net.decode(torch.zeros(2, T, A, dtype=torch.float64), 1.0, p.net.encode(parts))
+    torch.testing.assert_close(a, p.unstandardize(direct), rtol=1e-10, atol=1e-10)
+
+
+def test_ddpm_samplers_differ_and_ddpm_draws_depend_on_the_generator():
+    p = _policy(objective="ddpm", diffusion_steps=12)
+    images, state = _inputs(2)
+    kw = dict(images=images, state=state, instruction="go")
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    ddpm, ddim = p.act(**kw, generator=g(0)), p.act(**kw, sampler="ddim", steps=4, generator=g(0))
+    assert not torch.allclose(ddpm, ddim)
+    assert not torch.allclose(ddpm, p.act(**kw, generator=g(1)))
+    torch.testing.assert_close(p.act(**kw, generator=g(0)), ddpm, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("objective", ["flow", "ddpm", "mse"])
+def test_every_objective_loss_is_finite_and_decreases(objective):
+    demos = _demos(n=32)
+    torch.manual_seed(0)
+    p = VLAPolicy(image_shape=IMG, state_dim=S, action_dim=A, horizon=T, width=32, depth=1, patch=8, max_text=12,
+                  objective=objective, diffusion_steps=20)
+    p.set_normalization(actions=demos.actions, state=demos.state)
+    x, ctx = (demos.actions - p.data_loc) / p.data_scale, demos.context  # the loss is in normalised units
+
+    def fixed_loss():  # the same noise / times every time it is measured
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return float(np.mean([p._loss(x, ctx).item() for _ in range(4)]))
+
+    before = fixed_loss()
+    opt = torch.optim.Adam(p.parameters(), lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        loss = p._loss(x, ctx)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+    assert fixed_loss() < 0.7 * before
+
+
+def test_objective_and_sampler_errors_are_named():
+    kw = dict(image_shape=IMG, state_dim=S, action_dim=A, horizon=T, width=16, depth=1, patch=8)
+    with pytest.raises(ValueError, match="objective"):
+        VLAPolicy(**kw, objective="ppo")
+    with pytest.raises(ValueError, match="sampler"):
+        VLAPolicy(**kw, objective="ddpm", sampler="euler")
+    with pytest.raises(ValueError, match="diffusion_steps"):
+        VLAPolicy(**kw, objective="ddpm", diffusion_steps=1)
+    with pytest.raises(ValueError, match="DDIM steps"):
+        VLAPolicy(**kw, objective="ddpm", diffusion_steps=8, steps=10)
+    with pytest.raises(ValueError, match="clip"):
+        VLAPolicy(**kw, objective="ddpm", clip=-1.0)
+    images, state = _inputs()
+    act = dict(images=images, state=state, instruction="go")
+    flow, ddpm, mse = (_policy(objective=o, diffusion_steps=12) for o in ("flow", "ddpm", "mse"))
+    with pytest.raises(ValueError, match="sampler='ddim' needs objective='ddpm'"):
+        flow.act(**act, sampler="ddim")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        ddpm.act(**act, sampler="euler")
+    with pytest.raises(ValueError, match="DDIM steps"):
+        ddpm.act(**act, sampler="ddim", steps=20)
+    with pytest.raises(ValueError, match="ODE solver for objective='flow'"):
+        ddpm.act(**act, solver="rk4")
+    with pytest.raises(ValueError, match="steps does not apply"):
+        mse.act(**act, steps=5)
+    with pytest.raises(ValueError, match="prefix inpainting"):
+        ddpm.act(**act, prefix=torch.zeros(2, 1, A, dtype=torch.float64))
+    with pytest.raises(ValueError, match="fast path"):
+        mse.set_fast_path("eager")
+    with pytest.raises(NotImplementedError, match="likelihood"):
+        ddpm.log_prob(torch.zeros(2, T, A, dtype=torch.float64), ddpm.pack(images, state, "go"))

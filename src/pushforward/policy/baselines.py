@@ -5,11 +5,16 @@
 * :class:`DiffusionPolicy`: Diffusion Policy (Chi et al. 2023): epsilon-prediction DDPM
   (Ho et al. 2020) with K = 100 steps and the squared-cosine schedule (Nichol & Dhariwal 2021),
   sampled by ancestral DDPM (100 network calls) or deterministic DDIM (Song et al. 2021).
+
+The DDPM math (:func:`ddpm_loss`, :func:`ddpm_sample`, :func:`diffusion_time`) takes the network
+as a function ``eps_fn(x, tau)`` with its observation already encoded, so the same code trains and
+samples :class:`DiffusionPolicy` and ``VLAPolicy(objective="ddpm")``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -73,8 +78,11 @@ class RegressionPolicy(ChunkPolicyMixin, FlowModel):
         raise NotImplementedError("a regression policy is not a density")
 
 
+SAMPLERS = ("ddpm", "ddim")
+
+
 def _check_sampler(sampler: str) -> str:
-    if sampler not in ("ddpm", "ddim"):
+    if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
     return sampler
 
@@ -91,6 +99,77 @@ def cosine_alpha_bar(k: int, s: float = 0.008) -> Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
+# ---------------------------------------------------------------- epsilon-prediction DDPM, written once
+# ``eps_fn(x [B, ...], tau [B]) -> eps [B, ...]`` is the network with its observation already
+# encoded; ``tau = 1 - (k + 1) / K`` is what it gets where a flow network gets its time (1 =
+# clean, as the flow convention; it is only an input). DiffusionPolicy and VLAPolicy(objective=
+# "ddpm") both train and sample through these two functions.
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def diffusion_time(k: Tensor | int, num_steps: int, ref: Tensor) -> Tensor:
+    """The network's time input ``1 - (k + 1) / K`` for diffusion step(s) k -> ``[B]`` (B = ``ref``'s rows)."""
+    k = torch.as_tensor(k, device=ref.device)
+    return (1.0 - (k.to(ref.dtype) + 1.0) / num_steps).expand(ref.shape[0])
+
+
+def ddpm_loss(eps_fn: EpsFn, x: Tensor, alpha_bar: Tensor) -> Tensor:
+    """``E_{k ~ U{0..K-1}, eps} || eps_fn(sqrt(ab_k) x + sqrt(1 - ab_k) eps, tau_k) - eps ||^2`` (Ho et al. 2020, eq. 14).
+
+    x ``[N, ...]`` clean (normalised) data, ``alpha_bar [K]``; one k and one eps per row.
+    """
+    k = torch.randint(0, alpha_bar.shape[0], (x.shape[0],), device=x.device)
+    ab = alpha_bar.to(x)[k].view(-1, *([1] * (x.dim() - 1)))
+    eps = torch.randn_like(x)
+    xk = ab.sqrt() * x + (1 - ab).sqrt() * eps
+    return (eps_fn(xk, diffusion_time(k, alpha_bar.shape[0], x)) - eps).pow(2).mean()
+
+
+def _clean(x: Tensor, eps: Tensor, ab: Tensor, clip: float | None) -> Tensor:
+    # The predicted clean sample, clipped (see DiffusionPolicy: without it 10-step DDIM diverges).
+    x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+    return x0.clamp(-clip, clip) if clip else x0
+
+
+def ddpm_sample(eps_fn: EpsFn, x: Tensor, alpha_bar: Tensor, sampler: str = "ddpm", steps: int = 10,
+                clip: float | None = 5.0, generator: torch.Generator | None = None) -> Tensor:
+    """Denoise ``x`` (pure noise ``[B, ...]``) with an epsilon-prediction network.
+
+    ``sampler="ddpm"``: ancestral sampling over all K steps, posterior variance ``beta~`` (Ho et
+    al. 2020, eq. 6-7; fresh noise from ``generator``); ``"ddim"``: the deterministic (eta = 0)
+    update on ``steps`` evenly spaced steps (Song et al. 2021, eq. 12). ``clip`` bounds the
+    predicted clean sample at every step (``None``: off); with it, DDIM's epsilon is recomputed
+    from the clipped prediction so the update stays on the clipped sample.
+    """
+    _check_sampler(sampler)
+    abar = alpha_bar.to(x)
+    num = abar.shape[0]
+    if sampler == "ddpm":
+        for k in range(num - 1, -1, -1):
+            ab, ab_prev = abar[k], (abar[k - 1] if k > 0 else abar.new_tensor(1.0))
+            beta = 1 - ab / ab_prev
+            x0 = _clean(x, eps_fn(x, diffusion_time(k, num, x)), ab, clip)
+            mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x
+            if k > 0:
+                var = beta * (1 - ab_prev) / (1 - ab)
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = mean + var.sqrt() * noise
+            else:
+                x = mean
+        return x
+    n = check_int_range(steps, "DDIM steps", 1, num)
+    ks = torch.linspace(num - 1, 0, n).round().long().tolist()
+    for i, k in enumerate(ks):
+        ab = abar[k]
+        ab_prev = abar[ks[i + 1]] if i + 1 < n else abar.new_tensor(1.0)
+        eps = eps_fn(x, diffusion_time(k, num, x))
+        x0 = _clean(x, eps, ab, clip)
+        if clip:
+            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+    return x
+
+
 class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
     """Diffusion Policy baseline: epsilon-prediction DDPM over chunks on the same action expert.
 
@@ -98,6 +177,7 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
     ``L = || eps_theta(x_k, k, o) - eps ||^2``. The network's time input is ``1 - (k + 1) / K``
     (1 = clean, matching the flow convention; it is only an input). Sampling: ``sampler="ddpm"``
     (ancestral, K calls, posterior variance ``beta~``) or ``"ddim"`` (eta = 0, ``steps`` calls).
+    Both are :func:`ddpm_loss` / :func:`ddpm_sample`, shared with ``VLAPolicy(objective="ddpm")``.
 
     ``clip``: the predicted clean chunk is clipped to ``[-clip, clip]`` (normalised units) at
     every step, as Diffusion Policy does (``clip_sample``, there on min-max units, [-1, 1]; ours
@@ -132,52 +212,18 @@ class DiffusionPolicy(ChunkPolicyMixin, FlowModel):
         self.config = self._policy_config("diffusion-policy", net=net, diffusion_steps=diffusion_steps,
                                           sampler=sampler, steps=steps, clip=clip, **opts)
 
-    def _tau(self, k: Tensor | int, ref: Tensor) -> Tensor:
-        k = torch.as_tensor(k, device=ref.device)
-        return (1.0 - (k.to(ref.dtype) + 1.0) / self.K).expand(ref.shape[0])
-
     def _loss(self, x, context):
         obs, task = self._split_context(context)
-        k = torch.randint(0, self.K, (x.shape[0],), device=x.device)
-        ab = self.alpha_bar.to(x)[k].view(-1, 1, 1)
-        eps = torch.randn_like(x)
-        xk = ab.sqrt() * x + (1 - ab).sqrt() * eps
-        return (self.net.decode(xk, self._tau(k, x), self.net.encode(obs, task)) - eps).pow(2).mean()
-
-    def _x0(self, x: Tensor, eps: Tensor, ab: Tensor) -> Tensor:
-        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
-        return x0.clamp(-self.clip, self.clip) if self.clip else x0
+        cache = self.net.encode(obs, task)
+        return ddpm_loss(lambda xk, tau: self.net.decode(xk, tau, cache), x, self.alpha_bar)
 
     def _denoise(self, obs: Tensor, task: Tensor | None, generator, sampler: str | None = None,
                  steps: int | None = None) -> Tensor:
         sampler = _check_sampler(sampler or self.sampler)
         cache = self.net.encode(obs, task)  # the observation is encoded once, as for the flow
-        abar = self.alpha_bar.to(obs)
         x = torch.randn((obs.shape[0], *self.event_shape), generator=generator, device=obs.device, dtype=obs.dtype)
-        if sampler == "ddpm":
-            for k in range(self.K - 1, -1, -1):
-                ab, ab_prev = abar[k], (abar[k - 1] if k > 0 else abar.new_tensor(1.0))
-                beta = 1 - ab / ab_prev
-                x0 = self._x0(x, self.net.decode(x, self._tau(k, x), cache), ab)
-                mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x
-                if k > 0:
-                    var = beta * (1 - ab_prev) / (1 - ab)
-                    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                    x = mean + var.sqrt() * noise
-                else:
-                    x = mean
-            return x
-        n = check_int_range(self.steps if steps is None else steps, "DDIM steps", 1, self.K)
-        ks = torch.linspace(self.K - 1, 0, n).round().long().tolist()
-        for i, k in enumerate(ks):
-            ab = abar[k]
-            ab_prev = abar[ks[i + 1]] if i + 1 < n else abar.new_tensor(1.0)
-            eps = self.net.decode(x, self._tau(k, x), cache)
-            x0 = self._x0(x, eps, ab)
-            if self.clip:
-                eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
-        return x
+        return ddpm_sample(lambda x, tau: self.net.decode(x, tau, cache), x, self.alpha_bar, sampler,
+                           self.steps if steps is None else steps, self.clip, generator)
 
     def _act_std(self, obs_n, task, generator, prefix=None, sampler=None, steps=None):
         if prefix is not None:

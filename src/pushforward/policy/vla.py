@@ -26,19 +26,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pushforward._validate import check_choice, check_dim, check_finite, check_positive_int
+from pushforward._validate import (
+    check_choice,
+    check_dim,
+    check_finite,
+    check_int_range,
+    check_positive_float,
+    check_positive_int,
+)
 from pushforward.continuous.cnf import Field
 from pushforward.continuous.ode import FIXED_SOLVERS
 from pushforward.matching.models import FlowMatching
 from pushforward.matching.time_samplers import TIME_SAMPLERS
 from pushforward.nets.time import SinusoidalEmbedding
 from pushforward.policy.base import ChunkPolicyMixin
+from pushforward.policy.baselines import SAMPLERS, cosine_alpha_bar, ddpm_loss, ddpm_sample
 from pushforward.policy.flow import FlowPolicy
 from pushforward.policy.nets import _Block, action_decoder, action_embedder, fused_action_embedding
 from pushforward.policy.text import PAD, VOCAB_SIZE, ByteTokenizer
 from pushforward.policy.vision import ConvPatchEncoder, PretrainedEncoder
 
 Parts = tuple[Tensor, list[Tensor], Tensor]  # (normalised state [B, S], k images [B, C, H, W] in [0, 1], ids [B, L])
+OBJECTIVES = ("flow", "ddpm", "mse")
 
 
 class VLANet(nn.Module):
@@ -205,6 +214,19 @@ class VLAPolicy(FlowPolicy):
     probability p in training, and ``act(..., guidance=w)`` follows classifier-free guidance
     (Ho & Salimans 2022): ``v = v(x, t, "") + w (v(x, t, instruction) - v(x, t, ""))``.
 
+    ``objective`` keeps the network (encoder, prefix, attention, action tokens, prefix cache) and
+    changes only what it is trained to output and how a chunk is drawn, so the baselines of
+    :mod:`~pushforward.policy.baselines` run on the VLA's own network:
+
+    * ``"flow"`` (default): the velocity above; ``steps`` Euler steps.
+    * ``"ddpm"``: Diffusion Policy's epsilon-prediction (Chi et al. 2023; Ho et al. 2020) on the
+      squared-cosine schedule with ``diffusion_steps`` K, the step fed where the flow time goes
+      (:func:`~pushforward.policy.baselines.ddpm_loss`); ``act(sampler="ddpm")`` is ancestral
+      over K calls, ``"ddim"`` deterministic over ``steps`` calls
+      (:func:`~pushforward.policy.baselines.ddpm_sample`), the predicted chunk clipped to ``clip``.
+    * ``"mse"``: regression of the chunk, ``|| f(0, t=1, o) - A ||^2``, one network call per chunk
+      (the conditional mean: it averages modes).
+
     Args:
         image_shape: ``(C, H, W)`` of every camera. state_dim: S. action_dim: A. horizon: T.
         cameras: number of views k (all of ``image_shape``).
@@ -214,7 +236,10 @@ class VLAPolicy(FlowPolicy):
             ``(H / patch) (W / patch)`` tokens per camera).
         instruction_drop: training probability of the empty instruction (0: no guidance).
         guidance: ``act``'s default guidance weight w (1: none).
-        time_sampler, steps, solver: as :class:`FlowPolicy`.
+        time_sampler, steps, solver: as :class:`FlowPolicy` (``steps`` is also the DDIM step count).
+        objective: ``"flow"``, ``"ddpm"`` or ``"mse"`` (above). diffusion_steps: K >= 2 (ddpm).
+        sampler: ``act``'s default ddpm sampler, ``"ddpm"`` or ``"ddim"``. clip: bound of the
+            predicted clean chunk in normalised units (ddpm; ``None``: off).
         vision_backbone: an ``nn.Module`` the user loaded (e.g. from a local file) used instead
             of the from-scratch encoder (:class:`~pushforward.policy.vision.PretrainedEncoder`);
             such a policy is saved whole (pickled) by ``pf.save``. freeze_backbone: keep its
@@ -238,7 +263,8 @@ class VLAPolicy(FlowPolicy):
     def __init__(self, image_shape: Sequence[int], state_dim: int, action_dim: int, horizon: int, *,
                  cameras: int = 1, max_text: int = 48, width: int = 128, depth: int = 3, heads: int = 4,
                  patch: int = 16, time_embed: int = 64, instruction_drop: float = 0.0, guidance: float = 1.0,
-                 time_sampler: str = "beta", steps: int = 10, solver: str = "euler",
+                 time_sampler: str = "beta", steps: int = 10, solver: str = "euler", objective: str = "flow",
+                 diffusion_steps: int = 100, sampler: str = "ddpm", clip: float | None = 5.0,
                  vision_backbone: nn.Module | None = None, freeze_backbone: bool = False):
         image_shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else image_shape
         if (not isinstance(image_shape, tuple) or len(image_shape) != 3
@@ -255,6 +281,13 @@ class VLAPolicy(FlowPolicy):
             raise ValueError(f"instruction_drop must be a probability in [0, 1), got {instruction_drop!r}")
         check_choice(time_sampler, tuple(TIME_SAMPLERS), "time_sampler")
         check_choice(solver, tuple(FIXED_SOLVERS), "solver (a fixed-grid solver)")
+        check_choice(objective, OBJECTIVES, "objective")
+        check_int_range(diffusion_steps, "diffusion_steps", 2)
+        check_choice(sampler, SAMPLERS, "sampler")
+        clip = check_positive_float(clip, "clip", allow_none=True)
+        if objective == "ddpm":
+            check_int_range(steps, "steps (DDIM steps of objective='ddpm')", 1, diffusion_steps,
+                            high_text=f"diffusion_steps={diffusion_steps}")
         self.image_shape, self.cameras = image_shape, cameras
         self.pixels = image_shape[0] * image_shape[1] * image_shape[2]
         context_dim = state_dim + cameras * self.pixels + max_text
@@ -268,6 +301,9 @@ class VLAPolicy(FlowPolicy):
         self.state_dim = state_dim
         self.tokenizer = ByteTokenizer(max_text)
         self.instruction_drop, self.guidance = float(instruction_drop), float(guidance)
+        self.objective, self.sampler, self.clip = objective, sampler, clip
+        if objective == "ddpm":
+            self.register_buffer("alpha_bar", cosine_alpha_bar(diffusion_steps).float(), persistent=False)
         # ``options`` records how it was built; ``config`` is the ``pf.build("vla-policy")`` record
         # that pf.save stores with the state dict (the tokenizer is byte-level, the normalisation
         # lives in buffers). A user's backbone is a module no config can name: such a policy is
@@ -276,7 +312,8 @@ class VLAPolicy(FlowPolicy):
                         "horizon": horizon, "cameras": cameras, "max_text": max_text, "width": width,
                         "depth": depth, "heads": heads, "patch": patch, "time_embed": time_embed,
                         "instruction_drop": instruction_drop, "guidance": guidance, "time_sampler": time_sampler,
-                        "steps": steps, "solver": solver, "pretrained_backbone": vision_backbone is not None,
+                        "steps": steps, "solver": solver, "objective": objective, "diffusion_steps": diffusion_steps,
+                        "sampler": sampler, "clip": clip, "pretrained_backbone": vision_backbone is not None,
                         "freeze_backbone": freeze_backbone}
         self.config = None
         if vision_backbone is None:
@@ -364,18 +401,78 @@ class VLAPolicy(FlowPolicy):
         """The field for packed raw contexts ``[N, C]``; the prefix is encoded once, here."""
         return self._field(self._parts(context), guidance)
 
+    def _drop_instruction(self, context: Tensor) -> Tensor:
+        # The empty instruction (all padding) is the unconditional one guidance uses.
+        if self.instruction_drop == 0:
+            return context
+        drop = torch.rand(context.shape[0], device=context.device) < self.instruction_drop
+        cols = torch.arange(context.shape[1], device=context.device) >= context.shape[1] - self.tokenizer.max_len
+        return torch.where(drop[:, None] & cols, torch.zeros_like(context), context)
+
     def _loss(self, x: Tensor, context: Tensor | None) -> Tensor:
-        t = self.time_sampler.sample(x.shape[0], device=x.device, dtype=x.dtype)
-        if self.instruction_drop > 0:
-            # The empty instruction (all padding) is the unconditional one guidance uses.
-            drop = torch.rand(x.shape[0], device=x.device) < self.instruction_drop
-            cols = torch.arange(context.shape[1], device=x.device) >= context.shape[1] - self.tokenizer.max_len
-            context = torch.where(drop[:, None] & cols, torch.zeros_like(context), context)
-        return self.paired_loss(torch.randn_like(x), x, context, t)
+        if self.objective == "flow":
+            # Time, instruction drop, then noise: the order of draws of seeded runs stays as it was.
+            t = self.time_sampler.sample(x.shape[0], device=x.device, dtype=x.dtype)
+            context = self._drop_instruction(context)
+            return self.paired_loss(torch.randn_like(x), x, context, t)
+        # The same network, prefix encoded once; its output is epsilon (ddpm) or the chunk (mse).
+        net = self._field(self._parts(self._drop_instruction(context)), 1.0).velocity
+        if self.objective == "ddpm":
+            return ddpm_loss(net, x, self.alpha_bar)
+        return (net(torch.zeros_like(x), 1.0) - x).pow(2).mean()
+
+    def _generate(self, parts: Parts, n: int, generator: torch.Generator | None, steps: int | None,
+                  solver: str | None, sampler: str | None, w: float, cache: bool = True, prefix: Tensor | None = None,
+                  x0: Tensor | None = None) -> Tensor:
+        """Normalised chunks ``[n, T, A]`` for encoded-once prefixes ``parts``, by the objective's sampler."""
+        if self.objective == "mse":  # one call on the zero chunk at t = 1: no noise to draw
+            x = torch.zeros(n, *self.event_shape, device=parts[0].device, dtype=parts[0].dtype)
+            return check_finite(vla_field(self.net, parts, w, cache).velocity(x, 1.0), "generated action chunk")
+        x0 = self.base.sample(n, None, generator) if x0 is None else x0
+        if self.objective == "ddpm":
+            out = ddpm_sample(vla_field(self.net, parts, w, cache).velocity, x0, self.alpha_bar,
+                              sampler or self.sampler, self.default_steps if steps is None else steps, self.clip,
+                              generator)
+            return check_finite(out, "generated action chunk")
+        if self.fast_path is not None:
+            return self._fast_solve(functools.partial(vla_field, self.net), (parts, w, cache), prefix, x0, steps, solver)
+        return self._integrate(vla_field(self.net, parts, w, cache, prefix, x0), x0, steps, solver)
+
+    def _check_sampling(self, steps: Any, solver: Any, sampler: Any, prefix: Any) -> None:
+        """Sampling options that the objective has no use for raise instead of being ignored."""
+        obj = self.objective
+        if sampler is not None:
+            if obj != "ddpm":
+                raise ValueError(f"sampler={sampler!r} needs objective='ddpm'; this policy has objective={obj!r}")
+            check_choice(sampler, SAMPLERS, "sampler")
+        if solver is not None and obj != "flow":
+            raise ValueError(f"solver={solver!r} is an ODE solver for objective='flow'; this policy has objective={obj!r}")
+        if steps is not None and obj == "mse":
+            raise ValueError("objective='mse' makes one network call per chunk; steps does not apply")
+        if prefix is not None and obj != "flow":
+            raise ValueError(f"prefix inpainting (real-time chunking) needs objective='flow'; this policy has "
+                             f"objective={obj!r}")
+
+    def _sample(self, n, context, generator=None, steps=None, solver=None, sampler=None, x0=None, **_):
+        self._check_sampling(steps, solver, sampler, None)
+        if self.objective == "flow":
+            return FlowPolicy._sample(self, n, context, generator, steps, solver, x0=x0)
+        return self._generate(self._parts(context), n, generator, steps, solver, sampler, self.guidance, x0=x0)
+
+    def _log_prob(self, x, context=None, **kwargs):
+        if self.objective != "flow":
+            raise NotImplementedError(f"objective={self.objective!r} has no likelihood here; objective='flow' has one")
+        return FlowPolicy._log_prob(self, x, context, **kwargs)
+
+    def set_fast_path(self, mode: str | None = "reduce-overhead") -> VLAPolicy:
+        """As :meth:`FlowPolicy.set_fast_path` (it compiles the flow's ODE solve: objective='flow' only)."""
+        if mode is not None and self.objective != "flow":
+            raise ValueError(f"the fast path compiles the flow solve; this policy has objective={self.objective!r}")
+        return FlowPolicy.set_fast_path(self, mode)
 
     # ----------------------------------------------------------------- acting
     def act(self, images: Any = None, state: Any = None, instruction: Any = None, *, steps: int | None = None,
-            solver: str | None = None, guidance: float | None = None, prefix: Any = None,
+            solver: str | None = None, sampler: str | None = None, guidance: float | None = None, prefix: Any = None,
             generator: torch.Generator | None = None, cache: bool = True) -> Any:
         """A chunk of future actions for each observation, in raw units.
 
@@ -383,7 +480,9 @@ class VLAPolicy(FlowPolicy):
             images: ``[B, C, H, W]`` (or ``[C, H, W]``) uint8, or a list of k such for k cameras.
             state: ``[B, S]`` or ``[S]`` raw state.
             instruction: B strings (one string is shared by the batch); ``""`` is unconditional.
-            steps, solver: the sampler (default 10 Euler steps). guidance: CFG weight w.
+            steps, solver: the sampler (default 10 Euler steps; with objective='ddpm', the DDIM steps).
+            sampler: objective='ddpm' only: ``"ddpm"`` (K ancestral steps) or ``"ddim"`` (default: the
+                policy's ``sampler``). guidance: CFG weight w.
             prefix: ``[B, d, A]`` raw actions the chunk must start with (real-time chunking), d < T.
             generator: seeds the initial noise. cache: reuse the prefix keys/values across steps
                 (False recomputes them at every step; the same chunk, slower).
@@ -396,6 +495,7 @@ class VLAPolicy(FlowPolicy):
                 batch mismatch between images, state and instruction.
         """
         st, imgs, ids = self._inputs(images, state, instruction)
+        self._check_sampling(steps, solver, sampler, prefix)
         pre = None
         if prefix is not None:
             p = self._tensor(prefix, "prefix")
@@ -408,13 +508,8 @@ class VLAPolicy(FlowPolicy):
             pre = (p - self.data_loc[: p.shape[1]]) / self.data_scale[: p.shape[1]]
         with torch.inference_mode():
             parts = (self.normalize_obs(st), [i / 255.0 for i in imgs], ids)
-            x0 = self.base.sample(st.shape[0], None, generator)
             w = self.guidance if guidance is None else float(guidance)
-            if self.fast_path is not None:
-                out = self._fast_solve(functools.partial(vla_field, self.net), (parts, w, cache), pre, x0, steps, solver)
-            else:
-                out = self._integrate(vla_field(self.net, parts, w, cache, pre, x0), x0, steps, solver)
-            out = self.unstandardize(out)
+            out = self.unstandardize(self._generate(parts, st.shape[0], generator, steps, solver, sampler, w, cache, pre))
         out = out.clone()  # an ordinary tensor (inference tensors cannot enter autograd later)
         return out.cpu().numpy() if isinstance(state, np.ndarray) else out
 
@@ -428,4 +523,4 @@ class VLAPolicy(FlowPolicy):
     def extra_repr(self) -> str:
         return (f"image_shape={self.image_shape}, cameras={self.cameras}, state_dim={self.state_dim}, "
                 f"action_dim={self.action_dim}, horizon={self.horizon}, max_text={self.tokenizer.max_len}, "
-                f"steps={self.default_steps}, guidance={self.guidance}")
+                f"objective={self.objective!r}, steps={self.default_steps}, guidance={self.guidance}")
