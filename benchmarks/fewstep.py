@@ -11,7 +11,7 @@ Contenders are interleaved per target (one after the other in one process).
   ``ours shortcut``: ``pf.fit`` with the model defaults; ``ours consistency`` (``method="cfm"``,
   consistency flow matching) and ``ours consistency-sct`` (``method="sct"``, continuous-time
   consistency training; k steps are multistep consistency sampling), each with its defaults, plus
-  two sCT settings (``warmup=0``, ``sigma_d=0.5``).
+  three sCT settings (``warmup=0``, ``sigma_d=0.5``, ``time_scale=100``).
 - ``lucidrains meanflow``: ``rectified_flow_pytorch.mean_flow.MeanFlow`` (its defaults: adaptive
   weight p = 0.5, logit-normal times, 50 % flow-matching batches) around the same StepNet,
   trained with the anchors' loop; 1 step is its ``sample``, 2/4 its ``slow_sample``.
@@ -128,6 +128,8 @@ CONTENDERS = {
     "ours consistency-sct": _ours("consistency", method="sct"),
     "ours consistency-sct warmup0": _ours("consistency", method="sct", warmup=0),
     "ours consistency-sct sd0.5": _ours("consistency", method="sct", sigma_d=0.5),
+    # sCT with the embedding scale the other ODE models use (its default is 1).
+    "ours consistency-sct scale100": _ours("consistency", method="sct", time_scale=100.0),
     "lucidrains meanflow": run_lucidrains_meanflow,
     "torchcfm ot-cfm": fm_bench.run_torchcfm,
     "meta fm": fm_bench.run_meta,

@@ -496,9 +496,27 @@ def test_sct_warmup_counts_training_iterations_and_reloads(tmp_path):
 
 def test_a_consistency_checkpoint_without_method_reloads_as_consistency_fm(tmp_path):
     m = pf.build("consistency", dim=2, method="cfm", hidden=(16,))
-    m.config = {k: v for k, v in m.config.items() if k not in ("method", *SCT_DEFAULTS)}
+    m.config = {k: v for k, v in m.config.items() if k not in ("method", "time_scale", *SCT_DEFAULTS)}
     pf.save(m, tmp_path / "old.pt")
     r = pf.load(tmp_path / "old.pt")
-    assert r.method == "cfm"
+    assert r.method == "cfm" and r.config["time_scale"] == 100.0
     x0 = torch.randn(4, 2)
     torch.testing.assert_close(r.sample(4, x0=x0), m.sample(4, x0=x0))
+
+
+def test_time_scale_sets_the_embedding_and_sct_defaults_to_a_slow_one(tmp_path):
+    from pushforward.nets.time import SinusoidalEmbedding
+
+    def scales(m):
+        return {e.scale for e in m.modules() if isinstance(e, SinusoidalEmbedding)}
+
+    assert scales(pf.build("consistency", dim=2, hidden=(8,))) == {1.0}  # sct, the default method
+    assert scales(pf.build("consistency", dim=2, method="cfm", hidden=(8,))) == {100.0}
+    assert scales(pf.build("meanflow", dim=2, hidden=(8,), time_scale=5.0)) == {5.0}
+    assert scales(pf.build("shortcut", image_shape=(1, 4, 4), width=8, time_scale=2.0)) == {2.0}
+    m = pf.build("consistency", dim=2, hidden=(8,), time_scale=3.0)
+    pf.save(m, tmp_path / "m.pt")
+    assert scales(pf.load(tmp_path / "m.pt")) == {3.0}
+    for bad in (0.0, -1.0, float("inf"), True, "1"):
+        with pytest.raises((TypeError, ValueError), match="time_scale"):
+            pf.build("meanflow", dim=2, hidden=(8,), time_scale=bad)

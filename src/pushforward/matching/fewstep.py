@@ -65,10 +65,10 @@ class StepNet(nn.Module):
     Shapes: x ``[N, ...]``, t and d ``[]`` or ``[N]``, context ``[N, C]`` -> ``[N, ...]``.
     """
 
-    def __init__(self, inner: nn.Module, embed: int = 32):
+    def __init__(self, inner: nn.Module, embed: int = 32, time_scale: float = 100.0):
         super().__init__()
         self.inner = inner
-        self.embed = SinusoidalEmbedding(embed) if embed else None
+        self.embed = SinusoidalEmbedding(embed, scale=time_scale) if embed else None
         self.embed_dim = embed or 1
 
     def condition(self, x: Tensor, d: Tensor | float, context: Tensor | None) -> Tensor:
@@ -124,6 +124,10 @@ class FewStepFlow(FlowMatching):
         dim, context_dim, image_shape, net: as FlowMatching; ``net(x, t, d, context)`` (default a
             :class:`StepNet` around a TimeMLP of ``hidden``/``time_embed``/``activation`` or a
             U-Net of ``width``; ``d`` embedded like t).
+        time_scale: the default network's sinusoidal embedding scale of t and d (default
+            ``default_time_scale``: 100, as the other ODE models; sCT 1: a fast embedding makes its
+            t-derivative, and so its tangent, large and training unstable; measured in
+            benchmarks/results/fewstep_consistency.md).
         steps: ``sample(n)``'s default number of steps of the few-step map (default 1).
         sampler: ``"fewstep"`` (default: ``sample(n, steps=k)`` takes k jumps of ``1/k``) or
             ``"ode"`` (``sample`` integrates the instantaneous velocity with ``solver``).
@@ -140,6 +144,7 @@ class FewStepFlow(FlowMatching):
 
     default_steps = 1
     default_solver = "midpoint"
+    default_time_scale = 100.0
 
     straight_path_only = True
     default_explode_factor = None  # the target moves with the network: its loss may rise legitimately
@@ -149,18 +154,24 @@ class FewStepFlow(FlowMatching):
                  image_shape: Sequence[int] | None = None, *, net: nn.Module | None = None,
                  hidden: Sequence[int] = (128, 128, 128), time_embed: int = 32, activation: str = "silu",
                  width: int = 32, steps: int = 1, sampler: str = "fewstep",
-                 guidance_range: Sequence[float] | None = None, **options):
+                 guidance_range: Sequence[float] | None = None, time_scale: float | None = None, **options):
         # **options: FlowMatching's (coupling, time_sampler, cond_drop, guidance, solver, ...).
         check_choice(sampler, SAMPLERS, "sampler")
+        time_scale = self.default_time_scale if time_scale is None else time_scale
+        if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not (
+                time_scale > 0 and math.isfinite(time_scale)):
+            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
         guidance_range = self._check_guidance_range(guidance_range, context_dim, options.get("cond_drop", 0.0))
         if net is None:
             event_shape = _event_shape(dim, image_shape)
             e = time_embed or 1
             extra = 1 if guidance_range is not None else 0  # the w - 1 column
-            inner = _default_net(event_shape, context_dim + extra + e, hidden, time_embed, activation, width)
-            net = StepNet(inner, time_embed)
+            inner = _default_net(event_shape, context_dim + extra + e, hidden, time_embed, activation, width,
+                                 float(time_scale))
+            net = StepNet(inner, time_embed, float(time_scale))
         super().__init__(dim, context_dim, image_shape, net=net, hidden=hidden, time_embed=time_embed,
                          activation=activation, width=width, steps=check_positive_int(steps, "steps"), **options)
+        self.resolved_options["time_scale"] = float(time_scale)
         self.sampler = sampler
         self.guidance_range = guidance_range
         if guidance_range is not None and self.guidance != 0.0 and not (
@@ -446,6 +457,8 @@ class Shortcut(FewStepFlow):
 CONSISTENCY_METHODS = ("sct", "cfm")
 # Each method's own options and their defaults; the other method's options must stay None.
 CFM_DEFAULTS = {"delta": 0.05, "alpha": 1e-1, "fm_weight": 0.0}
+# sCT differentiates the network in t: a slow time embedding keeps that derivative small.
+SCT_TIME_SCALE = 1.0
 SCT_DEFAULTS = {"sigma_d": 1.0, "warmup": 1000, "tangent_c": 0.1, "p_mean": -1.0, "p_std": 1.4, "jvp": "jvp"}
 
 
@@ -511,7 +524,8 @@ class Consistency(FewStepFlow):
 
     Args (besides :class:`FewStepFlow`'s; each method's options must be left at None by the
     other, None meaning the method's default, which the model records):
-        method: ``"sct"`` or ``"cfm"``.
+        method: ``"sct"`` (default) or ``"cfm"``. ``time_scale`` (FewStepFlow's) defaults to 1 for
+            sct and 100 for cfm.
         delta: (cfm) the time offset of the consistency pair (default 0.05; paper 1e-3).
         alpha: (cfm) weight of the velocity-consistency term (default 0.1).
         fm_weight: (cfm) weight of an added flow-matching term (default 0, the paper's loss).
@@ -528,7 +542,7 @@ class Consistency(FewStepFlow):
         context_dim: int = 0,
         image_shape: Sequence[int] | None = None,
         *,
-        method: str = "cfm",
+        method: str = "sct",
         delta: float | None = None,
         alpha: float | None = None,
         fm_weight: float | None = None,
@@ -540,8 +554,10 @@ class Consistency(FewStepFlow):
         jvp: str | None = None,
         **options,  # FewStepFlow's and FlowMatching's (the registry records them)
     ):
-        super().__init__(dim, context_dim, image_shape, **options)
         check_choice(method, CONSISTENCY_METHODS, "method")
+        if options.get("time_scale") is None:
+            options["time_scale"] = SCT_TIME_SCALE if method == "sct" else self.default_time_scale
+        super().__init__(dim, context_dim, image_shape, **options)
         given = {"delta": delta, "alpha": alpha, "fm_weight": fm_weight, "sigma_d": sigma_d, "warmup": warmup,
                  "tangent_c": tangent_c, "p_mean": p_mean, "p_std": p_std, "jvp": jvp}
         own, other = (CFM_DEFAULTS, SCT_DEFAULTS) if method == "cfm" else (SCT_DEFAULTS, CFM_DEFAULTS)
@@ -725,7 +741,7 @@ class ConsistencyTraining(Consistency):
 
 register("meanflow", MeanFlow, "MeanFlow (Geng et al. 2025): average velocity u(z, t, d) by a JVP; one-step sampling")
 register("shortcut", Shortcut, "Shortcut model (Frans et al. 2025): step-conditioned field, self-consistency")
-# Checkpoints saved before sct existed are consistency flow matching.
+# Checkpoints saved before sct existed are consistency flow matching; before time_scale, scale 100.
 register("consistency", Consistency,
-         "Consistency models: sCT (Lu & Song 2024) or consistency flow matching (Yang et al. 2024); one-step "
-         "sampling", legacy={"method": "cfm"})
+         "Consistency models: sCT (Lu & Song 2024, default) or consistency flow matching (Yang et al. 2024); "
+         "one-step sampling", legacy={"method": "cfm", "time_scale": 100.0})

@@ -85,18 +85,18 @@ def _event_shape(dim, image_shape) -> tuple[int, ...]:
     return tuple(check_dim(s, "dim") for s in dim)
 
 
-def _default_net(event_shape, context_dim, hidden, time_embed, activation, width) -> nn.Module:
+def _default_net(event_shape, context_dim, hidden, time_embed, activation, width, time_scale=100.0) -> nn.Module:
     if len(event_shape) == 3:
         from pushforward.nets.unet import UNet
 
-        return UNet(event_shape[0], context_dim=context_dim, width=width)
+        return UNet(event_shape[0], context_dim=context_dim, width=width, time_scale=time_scale)
     if len(event_shape) != 1:
         raise ValueError(f"the default networks take vectors (D,) or images (C, H, W), got event shape "
                          f"{event_shape}; pass net=")
     from pushforward.nets import TimeMLP
 
     return TimeMLP(event_shape[0], context_dim=context_dim, hidden=tuple(hidden), time_embed=time_embed,
-                   activation=activation)
+                   activation=activation, time_scale=time_scale)
 
 
 class FlowMatching(ContinuousFlow):

@@ -49,6 +49,9 @@ class TimeMLP(nn.Module):
         dim: data dimension D. out_dim: output size (default D).
         context_dim: conditioning size C (0: none). hidden: hidden widths.
         time_embed: size of the sinusoidal time embedding (0: feed ``t`` raw).
+        time_scale: the embedding's ``scale`` (:class:`SinusoidalEmbedding`; default 100: fast
+            frequencies for t in [0, 1]; a small scale keeps ``d emb / dt`` small, which
+            objectives that differentiate the network in t need).
         activation: silu (default), relu, gelu, tanh, elu; smooth activations keep divergence
             well-defined for likelihoods.
     Shapes: x ``[N, D]``, t ``[]`` or ``[N]``, context ``[N, C]`` -> ``[N, out_dim]``.
@@ -66,12 +69,13 @@ class TimeMLP(nn.Module):
         hidden: Sequence[int] = (128, 128, 128),
         time_embed: int = 32,
         activation: str = "silu",
+        time_scale: float = 100.0,
     ):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
         self.dim, self.context_dim = dim, context_dim
-        self.embed = SinusoidalEmbedding(time_embed) if time_embed else None
+        self.embed = SinusoidalEmbedding(time_embed, scale=time_scale) if time_embed else None
         widths = [dim + (time_embed or 1) + context_dim, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):

@@ -49,17 +49,17 @@ class UNet(nn.Module):
         context_dim: conditioning size (0: none); the context is embedded and added to the
             time embedding.
         width: channels of the first level (the second has ``2 * width``).
-        time_embed: size of the sinusoidal time embedding.
+        time_embed: size of the sinusoidal time embedding. time_scale: its ``scale`` (as TimeMLP's).
     Shapes: x ``[N, C, H, W]`` (any H, W), t ``[]`` or ``[N]``, context ``[N, context_dim]``.
     """
 
     def __init__(self, channels: int, out_channels: int | None = None, context_dim: int = 0,
-                 width: int = 32, time_embed: int = 64):
+                 width: int = 32, time_embed: int = 64, time_scale: float = 100.0):
         super().__init__()
         emb = 4 * width
         self.context_dim = context_dim
-        self.t_embed = nn.Sequential(SinusoidalEmbedding(time_embed), nn.Linear(time_embed, emb), nn.SiLU(),
-                                     nn.Linear(emb, emb))
+        self.t_embed = nn.Sequential(SinusoidalEmbedding(time_embed, scale=time_scale), nn.Linear(time_embed, emb),
+                                     nn.SiLU(), nn.Linear(emb, emb))
         self.c_embed = nn.Linear(context_dim, emb) if context_dim else None
         w1, w2 = width, 2 * width
         self.inp = nn.Conv2d(channels, w1, 3, padding=1)
