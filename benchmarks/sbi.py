@@ -75,8 +75,12 @@ class _SbiSampler:
     @torch.no_grad()
     def sample(self, n, context, generator=None):
         # one draw per context row: sample_shape (1,), batch of conditions
-        if not hasattr(self.est, "sample"):  # sbi 0.27's FlowMatchingEstimator: through its posterior
-            return self.posterior.sample_batched((1,), x=context.float(), show_progress_bars=False)[0]
+        if not hasattr(self.est, "sample"):
+            # sbi 0.27's FlowMatchingEstimator has no sample: its posterior's batched sampler (an
+            # SDE), raw like the other estimators' (no prior rejection: with it, an SBC
+            # simulation whose posterior leaks out of the prior never returns)
+            return self.posterior.sample_batched((1,), x=context.float(), show_progress_bars=False,
+                                                 reject_outside_prior=False)[0]
         return self.est.sample(torch.Size([1]), context.float())[0]
 
 
