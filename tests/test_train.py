@@ -364,6 +364,7 @@ def test_models_that_train_to_convergence_stop_on_a_validation_plateau():
     assert pf.fit(Converging(), x, steps=6, **kw).stopped_reason == "steps"
     assert pf.fit(Converging(), x, steps=40, patience=None, **kw).steps == 40
     assert pf.fit(Converging(), x, eval_every=2, **kw).steps == 2 + 3 * 2
+    assert pf.fit(Converging(), x, patience=2, **kw).steps == 4 + 2 * 4  # still once per epoch
     # an epoch counts at least epoch_rows rows: 16 rows at batch 16 still evaluate every 4 steps
     Converging.default_convergence = dict(Converging.default_convergence, epoch_rows=64)
     h = pf.fit(Converging(), x[:16], **kw)

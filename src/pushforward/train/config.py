@@ -138,8 +138,8 @@ def _convergence(model: nn.Module, o: dict[str, Any]) -> dict[str, Any]:
     conv = getattr(model, "default_convergence", None) or {}
     if o["patience"] == "auto":
         o["patience"] = conv.get("patience")
-        if o["patience"] is not None and o["eval_every"] is None:
-            o["eval_every"] = "epoch"
+    if conv and o["patience"] is not None and o["eval_every"] is None:
+        o["eval_every"] = "epoch"  # also for a patience of the user's (else: every tenth of the cap)
     if o["max_time"] == "auto":
         # No budget at all: a converging model's cap, its schedule and warm-up.
         capped = bool(conv) and o["patience"] is not None and o["steps"] is None and o["epochs"] is None

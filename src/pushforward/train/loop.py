@@ -112,8 +112,8 @@ def fit(
             training data, a pass counted as at least ``default_convergence["epoch_rows"]``
             rows when the model has one (a posterior: 10 000, so a small data set is not judged
             every step or two: 1000 simulations at batch 512 are one step per epoch).
-            Default: every epoch when the model trains to convergence, else 10 times per step
-            budget, or every tenth of ``max_time``.
+            Default: every epoch for a model with ``default_convergence`` and a patience, else
+            10 times per step budget, or every tenth of ``max_time``.
         standardize: fold per-dimension standardization into the model (default
             ``model.standardize_by_default``); stats from the training data (or a draw of
             10 000 for simulators/loaders), set before training, never on resume.
