@@ -11,8 +11,11 @@ simulations with 100 draws each (the smallest over coordinates).
 
 Contenders, interleaved in one run:
 
-- ``pf:<name>``: pushforward's own API, ``build_posterior(name, ...)`` + ``pf.fit`` with a
-  wall-clock budget (``--budget`` seconds) and its defaults otherwise;
+- ``pf:<name>``: pushforward's own API, ``build_posterior(name, ...)`` + ``pf.fit`` with its
+  defaults: ``--budget converge`` (default) gives no budget, so a posterior trains to
+  convergence (validation once per epoch, stop after 20 epochs without improvement, best
+  weights, 600 s cap; ``pf.fit``'s "Training to convergence"); ``--budget S`` caps it at S
+  seconds instead (cosine over S, still early stopping);
 - ``pf-sbi:<name>``: the same model through sbi's ``NPE(density_estimator=posterior_nn(name))``,
   trained by sbi's loop with sbi's defaults (early stopping after 20 epochs without improvement);
 - ``sbi:<maf|nsf|zuko_nsf>``: sbi's NPE with its own flows, sbi defaults;
@@ -23,7 +26,8 @@ say when a cap was hit). Results: ``benchmarks/results/sbi.{jsonl,md}``.
 
 Usage::
 
-    python benchmarks/sbi.py --tasks two-moons --sims 1000,10000 --budget 60
+    python benchmarks/sbi.py --tasks two-moons --sims 1000,10000              # pf converges
+    python benchmarks/sbi.py --tasks two-moons --sims 1000,10000 --budget 60  # pf capped at 60 s
     python benchmarks/sbi.py --quick          # smoke run (a minute)
     python benchmarks/sbi.py --coupling       # conditional OT-FM: cross-condition OT vs within
 """
@@ -65,12 +69,18 @@ def _uptime() -> str:
 class _SbiSampler:
     """Our diagnostics' sampler interface (``sample(n, context)``) over an sbi posterior."""
 
-    def __init__(self, estimator):
-        self.est = estimator
+    def __init__(self, estimator, posterior=None):
+        self.est, self.posterior = estimator, posterior
 
     @torch.no_grad()
     def sample(self, n, context, generator=None):
         # one draw per context row: sample_shape (1,), batch of conditions
+        if not hasattr(self.est, "sample"):
+            # sbi 0.27's FlowMatchingEstimator has no sample: its posterior's batched sampler (an
+            # SDE), raw like the other estimators' (no prior rejection: with it, an SBC
+            # simulation whose posterior leaks out of the prior never returns)
+            return self.posterior.sample_batched((1,), x=context.float(), show_progress_bars=False,
+                                                 reject_outside_prior=False)[0]
         return self.est.sample(torch.Size([1]), context.float())[0]
 
 
@@ -79,7 +89,7 @@ class _SbiSampler:
 VARIANTS = {"ot-fm-cross": ("ot-fm", {"by_context": False}), "ot-fm-within": ("ot-fm", {"by_context": True})}
 
 
-def train_contender(kind: str, task, theta, x, budget: float, sbi_max_epochs: int | None, seed: int):
+def train_contender(kind: str, task, theta, x, budget: float | None, sbi_max_epochs: int | None, seed: int):
     """Train one contender; returns ``(sample_fn(x_o, n) -> [n, P], sampler for SBC, info)``."""
     torch.manual_seed(seed)
     family, _, name = kind.partition(":")
@@ -88,8 +98,11 @@ def train_contender(kind: str, task, theta, x, budget: float, sbi_max_epochs: in
     info: dict = {}
     if family == "pf":
         post = build_posterior(name, task.theta_dim, task.x_dim, prior=task.prior, **options)
-        hist = pf.fit(post, theta, context=x, max_time=budget, seed=seed)
+        hist = pf.fit(post, theta, context=x, seed=seed, **({} if budget is None else {"max_time": budget}))
         info["steps"] = getattr(hist, "steps", None)
+        info["stopped"] = hist.get("stopped_reason")
+        info["best_step"] = hist.get("best_step")
+        info["pf_epochs"] = hist.get("epochs")
         post.eval()
 
         def sample(x_o, n):
@@ -122,7 +135,7 @@ def train_contender(kind: str, task, theta, x, budget: float, sbi_max_epochs: in
         with torch.no_grad():
             return posterior.sample((n,), x=x_o.float(), show_progress_bars=False)
 
-    return sample, _SbiSampler(est), info
+    return sample, _SbiSampler(est, posterior), info
 
 
 def run_budget(task_name: str, n_sims: int, contenders: list[str], args, out) -> list[dict]:
@@ -169,6 +182,8 @@ def markdown(rows: list[dict], header: str) -> str:
             note = f"{r['epochs']} epochs"
         elif r.get("steps") is not None:
             note = f"{r['steps']} steps"
+            if r.get("stopped"):
+                note += f" ({r.get('pf_epochs', 0):.0f} epochs, {r['stopped']}, best at step {r.get('best_step')})"
         if r.get("error") and note != r["error"]:
             note += f"; SBC not measured ({r['error'][:60]})"
         per = ", ".join(f"{s:.3f}" for s in r.get("c2st_per_obs", []))
@@ -182,7 +197,8 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", default="two-moons")
     p.add_argument("--sims", default="1000,10000")
     p.add_argument("--contenders", default="pf:nsf,pf:fm,pf-sbi:nsf,sbi:maf,sbi:nsf,sbi:zuko_nsf,sbi:fmpe")
-    p.add_argument("--budget", type=float, default=60.0, help="seconds of training for pf: contenders")
+    p.add_argument("--budget", default="converge",
+                   help="pf: contenders: 'converge' (no budget: to convergence, 600 s cap) or a cap in seconds")
     p.add_argument("--sbi-max-epochs", type=int, default=None)
     p.add_argument("--n-obs", type=int, default=3)
     p.add_argument("--n-post", type=int, default=2000)
@@ -193,6 +209,7 @@ def main(argv=None) -> None:
                    help="conditional ot-fm: OT across conditions (by_context=False) vs within (True)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    args.budget = None if args.budget == "converge" else float(args.budget)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     if args.quick:
@@ -212,7 +229,7 @@ def main(argv=None) -> None:
     header = (f"# SBI benchmark ({'coupling' if args.coupling else 'estimators'})\n\n"
               f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
               f"{torch.__version__}, one thread; load at start: {rows[0]['load'] if rows else 'n/a'}. "
-              f"pf: budget {args.budget:.0f} s; sbi: defaults"
+              f"pf: {'to convergence (600 s cap)' if args.budget is None else f'budget {args.budget:.0f} s'}; sbi: defaults"
               f"{'' if args.sbi_max_epochs is None else f', max_num_epochs={args.sbi_max_epochs}'}; "
               f"{args.n_obs} observations x {args.n_post} posterior samples; SBC on {args.n_sbc} simulations.\n\n"
               f"Command: `python benchmarks/{os.path.basename(__file__)} {' '.join(argv or sys.argv[1:])}`")

@@ -189,6 +189,32 @@ def test_posterior_trains_with_the_wrapped_models_defaults():
     assert pf.build("fm", dim=2).default_lr == 1e-3  # unconditional models keep their own
 
 
+def test_posterior_fit_without_a_budget_converges_and_keeps_the_best_weights():
+    from pushforward.posterior import CONVERGENCE
+    task = LinearGaussian(dim=2)
+    theta, x = task.sample_joint(60, gen(0))
+    val = task.sample_joint(40, gen(1))
+    torch.manual_seed(0)
+    post = build_posterior("nsf", 2, 2, hidden=(32, 32), transforms=2)
+    assert post.default_convergence["epoch_rows"] == 10_000
+    post.default_convergence = dict(CONVERGENCE, epoch_rows=60)  # an epoch of 60 rows: 3 steps
+    # no budget: train until 20 epochs bring no better validation loss
+    h = pf.fit(post, theta, context=x, val_data=val, batch_size=20, lr=1e-2)
+    assert h.stopped_reason == "early_stopping"
+    assert h.elapsed < CONVERGENCE["max_time"] and h.steps < 2000
+    assert h.steps - h.best_step >= CONVERGENCE["patience"] * 3 and (h.steps - h.best_step) % 3 == 0
+    # constant between plateaus, a tenth after each of the first two
+    assert h.lr[0] == 1e-2 and h.lr[-1] == pytest.approx(1e-4) and sorted({round(v, 8) for v in h.lr}) == [1e-4, 1e-3, 1e-2]
+    post.eval()
+    with torch.no_grad():  # the posterior holds the best evaluated weights, not the last ones
+        assert float(post.loss(*val)) == pytest.approx(h.best_val_loss, rel=1e-5)
+    assert min(h["val_loss"]) == pytest.approx(h.best_val_loss) and h["val_loss"][-1] > h.best_val_loss
+    # a budget of the user's is the cap instead (early stopping still on); patience=None: fixed budget
+    assert pf.fit(build_posterior("nsf", 2, 2, transforms=1), theta, context=x, steps=4).stopped_reason == "steps"
+    h = pf.fit(post, theta, context=x, val_data=val, batch_size=20, steps=30, patience=None)
+    assert h.stopped_reason == "steps" and h.steps == 30
+
+
 # ----------------------------------------------------------------------------- diagnostics
 class GaussPosterior:
     """The conjugate posterior of LinearGaussian, with its deviation scaled by ``inflate``."""

@@ -347,6 +347,41 @@ def test_early_stopping_keeps_best_weights():
     assert m.theta.item() == pytest.approx(-0.1, abs=1e-6)  # Adam's first step: -lr
 
 
+def test_models_that_train_to_convergence_stop_on_a_validation_plateau():
+    class Converging(Drift):
+        default_convergence = {"patience": 3, "max_time": 30.0, "schedule": "constant", "warmup": 0}
+
+    x = torch.ones(64, 1)
+    kw = dict(val_data=-torch.ones(16, 1), batch_size=16, lr=0.1, ema=None, clip_grad=None)
+    m = Converging()
+    h = pf.fit(m, x, **kw)  # no budget: per-epoch validation (4 steps), patience 3, cap 30 s
+    assert h.stopped_reason == "early_stopping" and h.best_step == 4 and h.steps == 16
+    vals = [v for v in h["val_loss"] if v is not None and not math.isnan(v)]
+    assert len(vals) == 4 and vals == sorted(vals)  # evaluated at steps 4, 8, 12, 16, rising
+    assert m.theta.item() == pytest.approx(-0.4, abs=0.05)  # the best (step 4) weights, not step 16's
+    assert set(h["lr"]) == {0.1}  # the model's constant schedule and no warm-up
+    # a user's budget replaces the cap; patience=None turns early stopping off
+    assert pf.fit(Converging(), x, steps=6, **kw).stopped_reason == "steps"
+    assert pf.fit(Converging(), x, steps=40, patience=None, **kw).steps == 40
+    assert pf.fit(Converging(), x, eval_every=2, **kw).steps == 2 + 3 * 2
+    assert pf.fit(Converging(), x, patience=2, **kw).steps == 4 + 2 * 4  # still once per epoch
+    # an epoch counts at least epoch_rows rows: 16 rows at batch 16 still evaluate every 4 steps
+    Converging.default_convergence = dict(Converging.default_convergence, epoch_rows=64)
+    h = pf.fit(Converging(), x[:16], **kw)
+    assert h.best_step == 4 and h.steps == 16
+    # lr_decays: a plateau first restarts from the best weights at a tenth of the rate
+    Converging.default_convergence = dict(Converging.default_convergence, lr_decays=1)
+    m = Converging()
+    h = pf.fit(m, x, **kw)
+    assert h.stopped_reason == "early_stopping" and h.best_step == 4 and h.steps == 28
+    assert h["lr"][-1] == pytest.approx(0.01) and m.theta.item() == pytest.approx(-0.4, abs=0.05)
+    # an ordinary model keeps the old defaults (60 s, no early stopping)
+    h = pf.fit(Drift(), x, steps=20, **kw)
+    assert h.stopped_reason == "steps" and h.steps == 20
+    with pytest.raises(ValueError, match="eval_every"):
+        pf.fit(Drift(), x, steps=2, eval_every="often")
+
+
 def test_lr_schedules():
     assert lr_factor("constant", 0.5, 10, 0, False, 100) == 1.0
     assert lr_factor("cosine", 0.0, 0, 10, False, 100) == pytest.approx(0.1)

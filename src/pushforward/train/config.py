@@ -27,6 +27,8 @@ class FitConfig:
     ``batch_size``, ``lr``, ``schedule``, ``ema`` and ``standardize`` come from the user or,
     when left to None/"auto", from ``model.default_batch_size`` (256), ``default_lr`` (1e-3),
     ``default_schedule`` ("cosine"), ``default_ema`` (None) and ``standardize_by_default``.
+    ``max_time="auto"``, ``patience="auto"`` and ``eval_every="epoch"`` follow the model's
+    ``default_convergence`` (:func:`~pushforward.train.fit`'s "Training to convergence").
     ``checkpoint_every`` is split into ``checkpoint_steps`` (an int) or ``checkpoint_secs``;
     ``"auto"`` leaves both None and sets ``checkpoint_auto`` (the loop ties it to the budget).
     ``explicit`` names the options the user set, which a resumed run does not override.
@@ -75,9 +77,9 @@ class FitConfig:
             TypeError: the model has no ``loss``.
             ValueError: naming the first bad option, its value and what was expected.
         """
-        o = dict(options)
         if not hasattr(model, "loss"):
             raise TypeError(f"fit needs a model with a .loss(x, context) method, got {type(model).__name__}")
+        o = _convergence(model, options)
         _check_budget(o["max_time"], o["steps"], o["epochs"])
         o["batch_size"] = check_dim(_default(o["batch_size"], int(getattr(model, "default_batch_size", 256))),
                                     "batch_size")
@@ -127,6 +129,28 @@ class FitConfig:
         """The ``"fit"`` block of a checkpoint."""
         return {"batch_size": self.batch_size, "lr": self.lr, "seed": self.seed, "ema": self.ema,
                 "schedule": self.schedule, "warmup": self.warmup, "world_size": world_size}
+
+
+def _convergence(model: nn.Module, o: dict[str, Any]) -> dict[str, Any]:
+    """Resolve ``max_time="auto"``, ``patience="auto"`` and the convergence defaults of a model
+    with ``default_convergence`` (see :func:`fit`'s "Training to convergence")."""
+    o = dict(o)
+    conv = getattr(model, "default_convergence", None) or {}
+    if o["patience"] == "auto":
+        o["patience"] = conv.get("patience")
+    if conv and o["patience"] is not None and o["eval_every"] is None:
+        o["eval_every"] = "epoch"  # also for a patience of the user's (else: every tenth of the cap)
+    if o["max_time"] == "auto":
+        # No budget at all: a converging model's cap, its schedule and warm-up.
+        capped = bool(conv) and o["patience"] is not None and o["steps"] is None and o["epochs"] is None
+        o["max_time"] = float(conv.get("max_time", 60.0)) if capped else 60.0
+        for key in ("schedule", "warmup") if capped else ():
+            if o[key] is None:
+                o[key] = conv.get(key)
+    ev = o["eval_every"]
+    if ev is not None and ev != "epoch" and (isinstance(ev, bool) or not isinstance(ev, int) or ev <= 0):
+        raise ValueError(f"eval_every must be a positive number of steps, 'epoch' or None, got {ev!r}")
+    return o
 
 
 def _default(value: Any, default: Any) -> Any:

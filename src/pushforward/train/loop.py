@@ -43,7 +43,7 @@ def fit(
     data: Any,
     context: Any = None,
     *,
-    max_time: float | None = 60,
+    max_time: float | None | str = "auto",
     steps: int | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -58,8 +58,8 @@ def fit(
     gradient_checkpointing: bool = False,
     val_fraction: float | None = None,
     val_data: Any = None,
-    patience: int | None = None,
-    eval_every: int | None = None,
+    patience: int | None | str = "auto",
+    eval_every: int | str | None = None,
     standardize: bool | None = None,
     seed: int | None = 0,
     device: str | torch.device | None = None,
@@ -85,7 +85,8 @@ def fit(
             ``n -> batch`` (a simulator: fresh data every step, no epochs).
         context: ``[N, C]`` conditioning for tensor data (else taken from the items).
         max_time: seconds of training in this call (a budget: the first budget to run out stops
-            training).
+            training). ``"auto"`` (default): 60, or the model's convergence cap (below) when no
+            ``steps``/``epochs`` budget is given either.
         steps: optimizer steps in this call (a budget).
         epochs: passes over the data in this call (a budget).
         batch_size: global batch size (default ``model.default_batch_size`` or 256).
@@ -105,9 +106,14 @@ def fit(
         val_fraction: held-out fraction (default 0.1 for tensor data with N >= 100, else 0).
         val_data: explicit validation data (tensor, or ``(x, context)``) instead of a split.
         patience: stop after this many evaluations without improvement (None: never). With
-            validation the model ends with the best evaluated weights.
-        eval_every: evaluate every this many steps (default: 10 times per step budget, or
-            every tenth of ``max_time``).
+            validation the model ends with the best evaluated weights. ``"auto"`` (default):
+            the model's convergence patience (below), else None.
+        eval_every: evaluate every this many steps, or ``"epoch"``: once per pass over the
+            training data, a pass counted as at least ``default_convergence["epoch_rows"]``
+            rows when the model has one (a posterior: 10 000, so a small data set is not judged
+            every step or two: 1000 simulations at batch 512 are one step per epoch).
+            Default: every epoch for a model with ``default_convergence`` and a patience, else
+            10 times per step budget, or every tenth of ``max_time``.
         standardize: fold per-dimension standardization into the model (default
             ``model.standardize_by_default``); stats from the training data (or a draw of
             10 000 for simulators/loaders), set before training, never on resume.
@@ -144,6 +150,23 @@ def fit(
             small models on a GPU; the first steps pay the compilation). Same results as eager
             within float tolerance; random draws inside a compiled loss come from inductor's
             generator, so a seeded stochastic loss (flow matching) differs from eager.
+
+    Training to convergence: a model whose ``default_convergence`` is a dict (a
+    :class:`~pushforward.posterior.Posterior`: ``{"patience": 20, "max_time": 600, ...}``) is
+    trained the way sbi trains its estimators unless told otherwise: the validation loss (the
+    held-out ``val_fraction``, a fixed random stream for stochastic objectives) is evaluated
+    once per epoch (of at least ``epoch_rows`` rows), training stops once it has not improved
+    for ``patience`` evaluations and the model ends with the best evaluated weights. With
+    ``lr_decays = k`` in that dict (a posterior: 2), the first ``k`` plateaus do not stop
+    training: it goes back to the best weights, restarts Adam's moments at the learning rate
+    times ``lr_decay_factor`` (0.1) and waits ``patience`` evaluations again (reduce-on-plateau:
+    annealing without a horizon); the ``k+1``-th plateau stops it
+    (``stopped_reason="early_stopping"``: converged). A resumed run starts at the configured
+    rate again. With no budget given, the cap is the model's ``max_time`` (and its ``schedule``
+    and ``warmup``, ``"constant"`` and 0 for a posterior: a cosine over an arbitrary cap would
+    anneal at a time unrelated to convergence); a ``max_time``/``steps``/``epochs`` of the
+    user's replaces the cap and keeps the model's usual schedule over it. ``patience=None``
+    trains a fixed budget without early stopping.
 
     Returns:
         A :class:`History`.
@@ -311,6 +334,11 @@ class _Trainer:
         if self.log_every is None:
             self.log_every = max(1, min(50, horizon // 50)) if horizon else 25
         every, secs = cfg.eval_every, None
+        conv = getattr(self.model, "default_convergence", None) or {}
+        self.decays_left, self.decay_factor = int(conv.get("lr_decays", 0)), float(conv.get("lr_decay_factor", 0.1))
+        if every == "epoch":  # an epoch of at least the model's epoch_rows (see fit's eval_every)
+            rows = conv.get("epoch_rows", 0)
+            every = max(self.data.source.steps_per_epoch or 1, math.ceil(rows / cfg.batch_size))
         if every is None:
             every, secs = (max(1, horizon // 10), None) if horizon else (None, cfg.max_time / 10)
         self.evaluator = Evaluator(self.model, self.ema, self.data.val, every, secs, start, self.elapsed_before,
@@ -348,6 +376,8 @@ class _Trainer:
                     boundary = self._capture()  # the window was reset: later checkpoints start here
                     callback_stop = self._callback_stop(rec)
                     reason = reason or self.stop.requested(self.evaluator.bad_evals, callback_stop)
+                    if reason == "early_stopping" and self._decay_on_plateau():
+                        reason = None
                 reason = reason or self._signalled(logged)
                 if reason is None and self.checkpointer.due(self.step, self.elapsed):
                     self._save(boundary)
@@ -390,6 +420,22 @@ class _Trainer:
             self.sinks.close()
             raise
         return self._finish(reason)
+
+    def _decay_on_plateau(self) -> bool:
+        """A plateau with learning-rate decays left (a converging model's ``lr_decays``): back to
+        the best evaluated weights, a fresh optimizer state, the rate times ``lr_decay_factor``,
+        and patience starts again. False when none is left (training stops)."""
+        if self.decays_left <= 0 or not self.evaluator.restore_best():
+            return False
+        self.decays_left -= 1
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.ema.decay)
+            self.evaluator.ema = self.rollback.ema = self.checkpointer.ema = self.ema
+        self.opt.state.clear()
+        self.schedule.lr *= self.decay_factor
+        self.evaluator.bad_evals = 0
+        self.evaluator.best["bad_evals"] = 0
+        return True
 
     def _signalled(self, logged: bool) -> str | None:
         """``"interrupted"`` once a signal arrived; under DDP agreed at log steps (all ranks stop together)."""
