@@ -668,3 +668,14 @@ def test_nsf_at_lr_0_3_is_caught():
     assert info.value.step < 100
     with torch.no_grad():
         assert float(-model.log_prob(x).mean()) < 10  # the restored weights are sane ones
+
+
+def test_a_step_budget_alone_runs_in_full():
+    # max_time="auto" adds no 60 s cut under a user's step or epoch budget
+    from pushforward.train.config import _convergence
+
+    base = {"patience": None, "eval_every": None, "schedule": None, "warmup": None, "epochs": None}
+    model = pf.build("nsf", dim=2)
+    assert _convergence(model, {**base, "max_time": "auto", "steps": 10})["max_time"] is None
+    assert _convergence(model, {**base, "max_time": "auto", "steps": None})["max_time"] == 60.0
+    assert _convergence(model, {**base, "max_time": 5.0, "steps": 10})["max_time"] == 5.0

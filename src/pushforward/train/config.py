@@ -142,8 +142,10 @@ def _convergence(model: nn.Module, o: dict[str, Any]) -> dict[str, Any]:
         o["eval_every"] = "epoch"  # also for a patience of the user's (else: every tenth of the cap)
     if o["max_time"] == "auto":
         # No budget at all: a converging model's cap, its schedule and warm-up.
-        capped = bool(conv) and o["patience"] is not None and o["steps"] is None and o["epochs"] is None
-        o["max_time"] = float(conv.get("max_time", 60.0)) if capped else 60.0
+        # A step/epoch budget of the user's is the budget: no silent 60 s cut under it.
+        counted = o["steps"] is not None or o["epochs"] is not None
+        capped = bool(conv) and o["patience"] is not None and not counted
+        o["max_time"] = None if counted else float(conv.get("max_time", 60.0)) if capped else 60.0
         for key in ("schedule", "warmup") if capped else ():
             if o[key] is None:
                 o[key] = conv.get(key)

@@ -85,8 +85,8 @@ def fit(
             ``n -> batch`` (a simulator: fresh data every step, no epochs).
         context: ``[N, C]`` conditioning for tensor data (else taken from the items).
         max_time: seconds of training in this call (a budget: the first budget to run out stops
-            training). ``"auto"`` (default): 60, or the model's convergence cap (below) when no
-            ``steps``/``epochs`` budget is given either.
+            training). ``"auto"`` (default): none when ``steps``/``epochs`` is given (that budget
+            runs in full), else 60, or the model's convergence cap (below).
         steps: optimizer steps in this call (a budget).
         epochs: passes over the data in this call (a budget).
         batch_size: global batch size (default ``model.default_batch_size`` or 256).
