@@ -15,7 +15,7 @@ The same recipe runs inside one ``pf.fit`` budget: ``pf.build("rectified", reflo
 distill=True)`` trains 1-RF, draws its pairs, reflows and distils, a stage after another
 (``history["stages"]``). Models trained for few steps from the start take no pairs at all:
 ``meanflow`` (the average velocity ``u(z, t, d)`` by a JVP), ``shortcut`` (a step-conditioned
-field with self-consistency) and ``consistency`` (consistency flow matching); each samples with
+field with self-consistency) and ``consistency`` (continuous-time consistency training, sCT); each samples with
 ``sample(n, steps=k)`` and keeps an ODE ``log_prob`` through its instantaneous velocity. The last
 part trains the four at the same step budget and prints their W2 at 1, 2 and 4 steps.
 
