@@ -19,6 +19,7 @@ import importlib
 import inspect
 import io
 import re
+import warnings
 
 import torch
 from torch import Tensor
@@ -121,13 +122,15 @@ def docstring_text(length: int = 32, stride: int = 8, test_fraction: float = 0.1
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     parts = []
-    for name in DOCSTRING_MODULES:
-        mod = importlib.import_module(name)
-        parts.append(inspect.getdoc(mod) or "")
-        for attr, obj in sorted(vars(mod).items()):
-            if not attr.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) \
-                    and getattr(obj, "__module__", None) == name:
-                parts.append(inspect.getdoc(obj) or "")
+    with warnings.catch_warnings():  # typing.io / typing.re warn when their docstrings are read
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in DOCSTRING_MODULES:
+            mod = importlib.import_module(name)
+            parts.append(inspect.getdoc(mod) or "")
+            for attr, obj in sorted(vars(mod).items()):
+                if not attr.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) \
+                        and getattr(obj, "__module__", None) == name:
+                    parts.append(inspect.getdoc(obj) or "")
     text = re.sub(r"\s+", " ", re.sub(f"[^{re.escape(DOCSTRING_VOCAB)}\\s]", "", " ".join(parts).lower()))
     if len(text) < 20 * length:
         raise RuntimeError(f"the standard library's docstrings give only {len(text)} characters "
