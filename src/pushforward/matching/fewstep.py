@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from pushforward._validate import check_choice, check_positive_int
+from pushforward._validate import check_choice, check_positive_float, check_positive_int
 from pushforward.continuous.cnf import Field
 from pushforward.matching.models import FlowMatching, _default_net, _event_shape
 from pushforward.nets.time import SinusoidalEmbedding, batch_times
@@ -157,21 +157,19 @@ class FewStepFlow(FlowMatching):
                  guidance_range: Sequence[float] | None = None, time_scale: float | None = None, **options):
         # **options: FlowMatching's (coupling, time_sampler, cond_drop, guidance, solver, ...).
         check_choice(sampler, SAMPLERS, "sampler")
-        time_scale = self.default_time_scale if time_scale is None else time_scale
-        if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not (
-                time_scale > 0 and math.isfinite(time_scale)):
-            raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
+        time_scale = check_positive_float(self.default_time_scale if time_scale is None else time_scale,
+                                          "time_scale")
         guidance_range = self._check_guidance_range(guidance_range, context_dim, options.get("cond_drop", 0.0))
         if net is None:
             event_shape = _event_shape(dim, image_shape)
             e = time_embed or 1
             extra = 1 if guidance_range is not None else 0  # the w - 1 column
             inner = _default_net(event_shape, context_dim + extra + e, hidden, time_embed, activation, width,
-                                 float(time_scale))
-            net = StepNet(inner, time_embed, float(time_scale))
+                                 time_scale)
+            net = StepNet(inner, time_embed, time_scale)
         super().__init__(dim, context_dim, image_shape, net=net, hidden=hidden, time_embed=time_embed,
                          activation=activation, width=width, steps=check_positive_int(steps, "steps"), **options)
-        self.resolved_options["time_scale"] = float(time_scale)
+        self.resolved_options["time_scale"] = time_scale
         self.sampler = sampler
         self.guidance_range = guidance_range
         if guidance_range is not None and self.guidance != 0.0 and not (

@@ -145,7 +145,10 @@ def _convergence(model: nn.Module, o: dict[str, Any]) -> dict[str, Any]:
         # A step/epoch budget of the user's is the budget: no silent 60 s cut under it.
         counted = o["steps"] is not None or o["epochs"] is not None
         capped = bool(conv) and o["patience"] is not None and not counted
-        o["max_time"] = None if counted else float(conv.get("max_time", 60.0)) if capped else 60.0
+        if counted:
+            o["max_time"] = None
+        else:
+            o["max_time"] = float(conv.get("max_time", 60.0)) if capped else 60.0
         for key in ("schedule", "warmup") if capped else ():
             if o[key] is None:
                 o[key] = conv.get(key)
