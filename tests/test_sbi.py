@@ -177,7 +177,7 @@ def test_posterior_bad_input_errors():
 
 
 def test_posterior_trains_with_the_wrapped_models_defaults():
-    from pushforward.posterior import MATCHING_POSTERIOR_LR
+    from pushforward.posterior import MATCHING_CONVERGENCE, MATCHING_POSTERIOR_LR
     nsf = build_posterior("nsf", 2, 3)
     # the bug: Posterior did not forward these, so pf.fit used its generic batch 256 for an nsf
     assert nsf.default_batch_size == nsf.model.default_batch_size == 512
@@ -185,7 +185,9 @@ def test_posterior_trains_with_the_wrapped_models_defaults():
     for name in ("fm", "ot-fm"):
         post = build_posterior(name, 2, 3)
         assert post.default_lr == MATCHING_POSTERIOR_LR
+        assert post.default_convergence == MATCHING_CONVERGENCE  # longer epochs: see its comment
         assert post.default_batch_size == post.model.default_batch_size
+    assert nsf.default_convergence["epoch_rows"] == 10_000 and MATCHING_CONVERGENCE["epoch_rows"] == 50_000
     assert pf.build("fm", dim=2).default_lr == 1e-3  # unconditional models keep their own
 
 

@@ -67,6 +67,14 @@ MATCHING_POSTERIOR_LR = 1e-2
 CONVERGENCE = {"patience": 20, "max_time": 600.0, "schedule": "constant", "warmup": 0, "epoch_rows": 10_000,
                "lr_decays": 2, "lr_decay_factor": 0.1}
 
+# Flow-matching posteriors converge by the same rule with a longer epoch and a shorter patience:
+# their validation loss has a high floor (the conditional-path regression variance) and flattens
+# long before the samples stop improving, so 10 000-row epochs stopped them after ~5000 steps
+# (two-moons 10k, C2ST 0.731 in 23 s). An epoch of 50 000 rows and patience 10 (two-moons 10k:
+# 0.526 in 89 s, 20580 steps; 50 000 rows with patience 20: 0.553 in 169 s; 100 000 rows, patience
+# 20: 0.539 in 261 s) is the measured choice (benchmarks/results/sbi_fm_convergence.md).
+MATCHING_CONVERGENCE = {**CONVERGENCE, "epoch_rows": 50_000, "patience": 10}
+
 
 class Posterior(FlowModel):
     """``q(theta | x) = model(theta | context_net(z_score(x)))``, restricted to the prior's support.
@@ -228,7 +236,8 @@ def build_posterior(name: str, theta_dim: int, obs_shape: Sequence[int] | int, *
 
     ``pf.fit`` trains it with the wrapped model's defaults (batch size, learning rate, schedule),
     except flow-matching models (``fm``, ``ot-fm``, ...): peak learning rate
-    ``MATCHING_POSTERIOR_LR`` (1e-2, see its comment for the evidence).
+    ``MATCHING_POSTERIOR_LR`` (1e-2) and, without a budget, ``MATCHING_CONVERGENCE`` (epochs of
+    50 000 rows, patience 10; see their comments for the evidence).
     """
     from pushforward.nets.embedding import EMBEDDINGS, Conv1dEmbedding, MLPEmbedding, SetEmbedding
     from pushforward.registry import build
@@ -265,4 +274,5 @@ def build_posterior(name: str, theta_dim: int, obs_shape: Sequence[int] | int, *
     posterior = Posterior(model, net, obs_shape, prior)
     if isinstance(model, FlowMatching):
         posterior.default_lr = MATCHING_POSTERIOR_LR
+        posterior.default_convergence = MATCHING_CONVERGENCE
     return posterior
