@@ -22,7 +22,7 @@ from pushforward.train import (
     load_checkpoint,
     lr_factor,
 )
-from pushforward.train.control import StopRule
+from pushforward.train.control import StopRule, clip_gradients, make_optimizer
 
 
 class TinyFlow(pf.FlowModel):
@@ -679,3 +679,46 @@ def test_a_step_budget_alone_runs_in_full():
     assert _convergence(model, {**base, "max_time": "auto", "steps": 10})["max_time"] is None
     assert _convergence(model, {**base, "max_time": "auto", "steps": None})["max_time"] == 60.0
     assert _convergence(model, {**base, "max_time": 5.0, "steps": 10})["max_time"] == 5.0
+
+
+def test_clip_gradients_matches_torch_and_leaves_small_norms_alone():
+    torch.manual_seed(0)
+    for scale, max_norm in [(1.0, 0.5), (1e-3, 10.0), (1.0, math.inf)]:
+        a = [nn.Parameter(torch.randn(5, 3, dtype=torch.float64)), nn.Parameter(torch.randn(3, dtype=torch.float64))]
+        b = [nn.Parameter(p.detach().clone()) for p in a]
+        grads = [scale * torch.randn_like(p) for p in a]
+        for p, q, g in zip(a, b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        norm = clip_gradients(a, max_norm)
+        ref = torch.nn.utils.clip_grad_norm_(b, max_norm)
+        assert norm == pytest.approx(float(ref), rel=1e-12)
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0)
+        if norm <= max_norm:  # untouched, not multiplied by ~1
+            assert all(torch.equal(p.grad, g) for p, g in zip(a, grads))
+    bad = [nn.Parameter(torch.zeros(2))]
+    bad[0].grad = torch.tensor([1.0, math.inf])
+    assert clip_gradients(bad, 1.0) == math.inf and bad[0].grad[0] == 1.0
+    assert clip_gradients([nn.Parameter(torch.zeros(2))], 1.0) == 0.0  # no gradients yet
+
+
+def test_make_optimizer_fused_is_the_adam_update():
+    torch.manual_seed(0)
+    for adamw in (False, True):
+        net = nn.Linear(4, 3).double()
+        ref = nn.Linear(4, 3).double()
+        ref.load_state_dict(net.state_dict())
+        opt = make_optimizer(list(net.parameters()), 1e-2, 0.1 if adamw else 0.0, adamw)
+        assert opt.param_groups[0]["fused"] and isinstance(opt, torch.optim.AdamW if adamw else torch.optim.Adam)
+        ref_opt = (torch.optim.AdamW if adamw else torch.optim.Adam)(ref.parameters(), 1e-2,
+                                                                    weight_decay=0.1 if adamw else 0.0)
+        for _ in range(5):
+            x = torch.randn(8, 4, dtype=torch.float64)
+            for m, o in ((net, opt), (ref, ref_opt)):
+                o.zero_grad()
+                m(x).pow(2).sum().backward()
+                o.step()
+        for p, q in zip(net.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    meta = [nn.Parameter(torch.zeros(2, device="meta"))]
+    assert not make_optimizer(meta, 1e-3).param_groups[0]["fused"]  # no fused kernel there: the loop

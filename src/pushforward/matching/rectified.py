@@ -26,6 +26,7 @@ from pushforward.continuous.ode import SOLVERS, odeint
 from pushforward.matching.couplings import IndependentCoupling
 from pushforward.matching.models import FlowMatching
 from pushforward.registry import register
+from pushforward.train.control import make_optimizer
 
 
 class RectifiedFlow(FlowMatching):
@@ -240,7 +241,7 @@ def straightness(
 def _train_on_pairs(model, x0, x1, context, *, steps, max_time, batch_size, lr, at_zero, generator):
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = make_optimizer(params, lr)
     n = x0.shape[0]
     start = time.perf_counter()
     losses = []

@@ -1,7 +1,8 @@
 """The loop's small collaborators, one job each: when to stop (:class:`StopRule`), signals as
 a request to stop (:class:`Signals`), validation with best weights and patience
-(:class:`Evaluator`), divergence and explosion rollback (:class:`Rollback`) and mixed precision
-(:class:`Precision`)."""
+(:class:`Evaluator`), divergence and explosion rollback (:class:`Rollback`), mixed precision
+(:class:`Precision`), the optimizer (:func:`make_optimizer`) and gradient clipping
+(:func:`clip_gradients`)."""
 
 from __future__ import annotations
 
@@ -268,3 +269,40 @@ class Precision:
     def load_state_dict(self, state: dict | None) -> None:
         if self.scaler is not None and state is not None:
             self.scaler.load_state_dict(state)
+
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0,
+                   adamw: bool = False) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015) or AdamW (Loshchilov & Hutter 2019) over ``params``.
+
+    The fused kernel (one call for every tensor) is taken where torch has it (CPU and CUDA, floating
+    parameters on one device): it is the same update, and for the small networks of flow models
+    it is 2-3x faster than the per-tensor loop (0.62 -> 0.22 ms per step for a 3 x 128 MLP on one
+    CPU thread; with :func:`clip_gradients`, ``pf.fit`` went from 230 to 305 steps/s against 323
+    for a bare loop: benchmarks/results/fit_overhead.md).
+    """
+    devices = {p.device for p in params}
+    fused = (len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda")
+             and all(p.dtype in _FUSED_DTYPES for p in params))
+    cls = torch.optim.AdamW if adamw else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
+    """Scale the gradients so their global L2 norm is at most ``max_norm``; returns the norm before.
+
+    ``||g|| = sqrt(sum_p ||g_p||^2)`` (as ``torch.nn.utils.clip_grad_norm_``); the gradients are
+    rescaled by ``max_norm / (||g|| + 1e-6)`` only when the norm exceeds ``max_norm`` (the loop
+    reads the norm anyway, so skipping the multiply costs no extra synchronisation). A non-finite
+    norm is returned as it is, with the gradients left unscaled.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    if math.isfinite(norm) and norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
+    return norm

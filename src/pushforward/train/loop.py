@@ -22,7 +22,15 @@ from pushforward import distributed as ddp
 from pushforward._utils import module_device, module_dtype
 from pushforward.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer, auto_cadence, load_checkpoint
 from pushforward.train.config import FitConfig
-from pushforward.train.control import Evaluator, Precision, Rollback, Signals, StopRule
+from pushforward.train.control import (
+    Evaluator,
+    Precision,
+    Rollback,
+    Signals,
+    StopRule,
+    clip_gradients,
+    make_optimizer,
+)
 from pushforward.train.data import make_data
 from pushforward.train.run import LAST, RunDir
 from pushforward.train.schedule import LRSchedule
@@ -251,8 +259,7 @@ class _Trainer:
         if not self.params:
             raise ValueError(f"{type(model).__name__} has no trainable parameters")
         adamw = cfg.optimizer == "adamw" or cfg.weight_decay > 0
-        self.opt = (torch.optim.AdamW if adamw else torch.optim.Adam)(
-            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = make_optimizer(self.params, cfg.lr, cfg.weight_decay, adamw)
         self.ema = EMA(model, cfg.ema) if cfg.ema is not None else None
         if ckpt is not None:
             self._restore(ckpt)
@@ -398,9 +405,9 @@ class _Trainer:
                     raise _Diverged(f"loss is {loss_value} at step {self.step}")
                 self.rollback.confirm(loss_value)
                 self.precision.backward(loss, opt)
-                gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-                if self.precision.checks_gradients and not bool(torch.isfinite(gnorm)):
-                    raise _Diverged(f"gradient norm is {float(gnorm)} at step {self.step} (loss {loss_value:.6g})")
+                gnorm = clip_gradients(self.params, max_norm)
+                if self.precision.checks_gradients and not math.isfinite(gnorm):
+                    raise _Diverged(f"gradient norm is {gnorm} at step {self.step} (loss {loss_value:.6g})")
 
                 phase = "update"
                 self.precision.step(opt)
