@@ -116,6 +116,8 @@ def run_lucidrains_meanflow(x_train, budget, dim, loc, scale):
 
 CONTENDERS = {
     "ours rectified": _ours("rectified", distill=True),
+    "ours rectified ot": _ours("rectified", distill=True, coupling="ot", ot_block=None),
+    "ours rectified ot32": _ours("rectified", distill=True, coupling="ot"),
     "ours meanflow": _ours("meanflow"),
     "ours meanflow imf": _ours("meanflow", loss="imf"),
     # The adaptive loss weight's power (default p = 1, the paper's): plain MSE and half-way.
