@@ -21,6 +21,7 @@ from pushforward.matching.fewstep import (
     ConsistencyTraining,
     MeanFlow,
     Shortcut,
+    StepNet,
     jvp,
 )
 
@@ -153,6 +154,55 @@ def test_jvp_and_finite_differences_agree_in_float64():
     _, exact = jvp(f, (p, q), (torch.ones_like(p), torch.ones_like(q)), "jvp")
     _, approx = jvp(f, (p, q), (torch.ones_like(p), torch.ones_like(q)), "fd")
     torch.testing.assert_close(exact, approx, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["meanflow", "imf"])
+def test_meanflow_loss_skips_the_jvp_only_where_d_is_zero(kind):
+    # The loss serves d = 0 rows by a plain forward pass: it must equal the per-row formula with
+    # the JVP taken on every row (d du/dt = 0 there), in float64.
+    torch.manual_seed(0)
+    model = pf.build("meanflow", dim=3, context_dim=2, hidden=(32, 32), loss=kind, cond_drop=0.0).double()
+    x0, x1 = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 3, dtype=torch.float64)
+    c = torch.randn(40, 2, dtype=torch.float64)
+    t = torch.rand(40, dtype=torch.float64) * 0.5
+    d = torch.where(torch.arange(40) % 3 == 0, 0.0, 0.4).double()
+    ps = model.path.sample(x0, x1, t)
+    tangent = model.net(ps.x_t, t, torch.zeros_like(t), c).detach() if kind == "imf" else None
+    u, tgt = model.meanflow_target(ps.x_t, t, d, ps.dx_t, c, tangent)
+    err = (u - tgt.detach()).pow(2).mean(-1)
+    ref = (err / (err.detach() + 1e-3)).mean()
+    torch.testing.assert_close(model.paired_loss(x0, x1, c, t=t, d=d), ref, rtol=1e-12, atol=0)
+    for dd in (torch.zeros(40).double(), torch.full((40,), 0.3).double()):  # one part empty
+        u, tgt = model.meanflow_target(ps.x_t, t, dd, ps.dx_t, c,
+                                       None if kind != "imf" else tangent)
+        err = (u - tgt.detach()).pow(2).mean(-1)
+        torch.testing.assert_close(model.paired_loss(x0, x1, c, t=t, d=dd), (err / (err.detach() + 1e-3)).mean(),
+                                   rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("activation,embed,context_dim", [("silu", 32, 2), ("tanh", 0, 0), ("elu", 8, 3),
+                                                          ("gelu", 8, 2)])
+def test_hand_written_jvp_matches_torch_func_jvp_in_float64(activation, embed, context_dim):
+    from pushforward.nets import TimeMLP
+
+    torch.manual_seed(0)
+    inner = TimeMLP(3, context_dim=8 + context_dim, hidden=(16, 16), time_embed=embed, activation=activation)
+    net = StepNet(inner, 8, time_scale=10.0).double()
+    x, dx = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, 3, dtype=torch.float64)
+    t, d = torch.rand(20, dtype=torch.float64), torch.rand(20, dtype=torch.float64)
+    dt, dd = torch.randn(20, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+    c = torch.randn(20, context_dim, dtype=torch.float64) if context_dim else None
+    assert inner.has_jvp == (activation != "gelu")  # gelu: torch.func.jvp inside forward_and_jvp
+    out, tangent = net.forward_and_jvp(x, t, d, c, dx, dt, dd)
+    ref_out, ref_tangent = torch.func.jvp(lambda a, b, e: net(a, b, e, c), (x, t, d), (dx, dt, dd))
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(tangent, ref_tangent, rtol=1e-10, atol=1e-12)
+    assert not tangent.requires_grad and out.requires_grad
+    # The output's graph is the plain forward's: same parameter gradients.
+    g1 = torch.autograd.grad(out.pow(2).sum(), list(net.parameters()))
+    g2 = torch.autograd.grad(net(x, t, d, c).pow(2).sum(), list(net.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
 def test_fd_fallback_trains_like_jvp():

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from pushforward._validate import check_choice, check_positive_float, check_positive_int
 from pushforward.continuous.cnf import Field
 from pushforward.matching.models import FlowMatching, _default_net, _event_shape
-from pushforward.nets.time import SinusoidalEmbedding, batch_times
+from pushforward.nets.time import SinusoidalEmbedding, batch_times, embed_with_tangent
 from pushforward.registry import register
 
 SAMPLERS = ("fewstep", "ode")
@@ -80,6 +80,26 @@ class StepNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, d: Tensor | float,
                 context: Tensor | None = None) -> Tensor:  # noqa: D102
         return self.inner(x, t, self.condition(x, d, context))
+
+    def forward_and_jvp(self, x: Tensor, t: Tensor | float, d: Tensor | float, context: Tensor | None,
+                        dx: Tensor, dt: Tensor | float, dd: Tensor | float) -> tuple[Tensor, Tensor]:
+        """``(f(x, t, d, c) [N, ...] with its graph, J_f . (dx, dt, dd) [N, ...] without)``.
+
+        Through the inner network's hand-written forward mode where it has one
+        (:meth:`~pushforward.nets.TimeMLP.forward_and_jvp`, ~5x faster than ``torch.func.jvp``
+        on a CPU), else ``torch.func.jvp`` (its tangent detached).
+        """
+        if getattr(self.inner, "has_jvp", False):
+            d, dd = batch_times(d, x), batch_times(dd, x)
+            e, de = embed_with_tangent(self.embed, d, dd)
+            if context is not None:
+                c = context.to(e)
+                e, de = torch.cat([e, c], dim=-1), torch.cat([de, torch.zeros_like(c)], dim=-1)
+            return self.inner.forward_and_jvp(x, t, e, dx, dt, de)
+        t, d = batch_times(t, x), batch_times(d, x)
+        out, tangent = torch.func.jvp(lambda a, b, c: self(a, b, c, context), (x, t, d),
+                                      (dx, batch_times(dt, x), batch_times(dd, x)))
+        return out, tangent.detach()
 
     @property
     def has_divergence(self) -> bool:
@@ -349,11 +369,11 @@ class MeanFlow(FewStepFlow):
         """
         tangent = v if tangent is None else tangent
         net = self.net
-
-        def f(z_, t_, d_):
-            return net(z_, t_, d_, context)
-
-        u, dudt = jvp(f, (z, t, d), (tangent, torch.ones_like(t), -torch.ones_like(d)), self.jvp_method)
+        directions = (tangent, torch.ones_like(t), -torch.ones_like(d))
+        if self.jvp_method == "jvp" and hasattr(net, "forward_and_jvp"):
+            u, dudt = net.forward_and_jvp(z, t, d, context, *directions)
+        else:
+            u, dudt = jvp(lambda z_, t_, d_: net(z_, t_, d_, context), (z, t, d), directions, self.jvp_method)
         dd = d.reshape(-1, *([1] * (z.dim() - 1)))
         return u, v + dd * dudt
 
@@ -380,12 +400,24 @@ class MeanFlow(FewStepFlow):
             om = omega.reshape(-1, *([1] * (v.dim() - 1)))
             v = om * v + (1 - om) * v_null
             context = self.guided_context(context, omega)
-        tangent = None
-        if self.loss_kind == "imf":
-            with torch.no_grad():
-                tangent = self.net(ps.x_t, t, torch.zeros_like(t), context)
-        u, target = self.meanflow_target(ps.x_t, t, d, v, context, tangent)
-        err = _mse(u, target.detach())
+        # Rows with d = 0 have u_tgt = v exactly (the d du/dt term vanishes): a plain forward pass
+        # serves them, and only the others (1 - flow_ratio of the batch) pay for the JVP.
+        z, mean = ps.x_t, d != 0
+        errs = []
+        if not bool(mean.all()):
+            inst = ~mean
+            c0 = None if context is None else context[inst]
+            errs.append(_mse(self.net(z[inst], t[inst], d[inst], c0), v[inst]))
+        if bool(mean.any()):
+            z1, t1, d1, v1 = z[mean], t[mean], d[mean], v[mean]
+            c1 = None if context is None else context[mean]
+            tangent = None
+            if self.loss_kind == "imf":
+                with torch.no_grad():
+                    tangent = self.net(z1, t1, torch.zeros_like(t1), c1)
+            u, target = self.meanflow_target(z1, t1, d1, v1, c1, tangent)
+            errs.append(_mse(u, target.detach()))
+        err = torch.cat(errs)
         if self.adaptive_p:
             err = err / (err.detach() + 1e-3).pow(self.adaptive_p)
         return err.mean()
@@ -668,7 +700,12 @@ class Consistency(FewStepFlow):
 
         shape = (-1, *([1] * (x_t.dim() - 1)))
         cs = tau.cos() * tau.sin()
-        out, d_out = jvp(F, (x_t / sd, tau), (cs.reshape(shape) * v, cs * sd), self.jvp_method)
+        if self.jvp_method == "jvp" and hasattr(net, "forward_and_jvp"):
+            # F's time is 1 - 2 tau / pi: its tangent is -2 / pi times tau's.
+            out, d_out = net.forward_and_jvp(x_t / sd, 1 - tau * (2 / math.pi), zero, context,
+                                             cs.reshape(shape) * v, -(2 / math.pi) * cs * sd, zero)
+        else:
+            out, d_out = jvp(F, (x_t / sd, tau), (cs.reshape(shape) * v, cs * sd), self.jvp_method)
         c = tau.cos().reshape(shape)
         f_minus, d_minus = out.detach(), d_out.detach()
         g = -c**2 * (sd * f_minus - v) - r * (cs.reshape(shape) * x_t + d_minus)

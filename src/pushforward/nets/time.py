@@ -41,6 +41,26 @@ class SinusoidalEmbedding(nn.Module):
         arg = (self.scale * t)[..., None] * self.freqs.to(t.dtype)
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
 
+    def forward_and_tangent(self, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+        """``(emb(t), d emb/dt * dt)`` ``[N, dim]`` each (the tangent without a graph); t, dt ``[N]``.
+
+        ``d sin(w s t) = w s cos(w s t) dt``, ``d cos(w s t) = -w s sin(w s t) dt``.
+        """
+        w = self.scale * self.freqs.to(t.dtype)
+        arg = t[..., None] * w
+        sin, cos = torch.sin(arg), torch.cos(arg)
+        with torch.no_grad():
+            darg = dt[..., None] * w
+            tangent = torch.cat([cos * darg, -sin * darg], dim=-1)
+        return torch.cat([sin, cos], dim=-1), tangent
+
+
+def embed_with_tangent(embed: SinusoidalEmbedding | None, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    """A time input and its tangent ``[N, E]``: the embedding's, or raw ``t[:, None]`` without one."""
+    if embed is None:
+        return t[:, None], dt[:, None].detach()
+    return embed.forward_and_tangent(t, dt)
+
 
 class TimeMLP(nn.Module):
     """A field ``f(x, t, context) -> R^out`` for vector data: an MLP on ``[x, emb(t), context]``.
@@ -97,15 +117,58 @@ class TimeMLP(nn.Module):
         """Whether :meth:`forward_with_divergence` applies (square output, traceable activation)."""
         return self._trace_activation() is not None
 
-    def _trace_activation(self) -> str | None:
+    @property
+    def has_jvp(self) -> bool:
+        """Whether :meth:`forward_and_jvp` applies (an activation with a known derivative)."""
+        return self._activation_name() is not None
+
+    def _activation_name(self) -> str | None:
         mods = list(self.net)
-        if mods[-1].out_features != self.dim:
-            return None
         if len(mods) == 1:
             return "identity"
         act = mods[1]
         name = _TRACEABLE.get(type(act))
         return None if name is None or (name == "elu" and act.alpha != 1.0) else name
+
+    def _trace_activation(self) -> str | None:
+        return self._activation_name() if self.net[-1].out_features == self.dim else None
+
+    def forward_and_jvp(self, x: Tensor, t: Tensor | float, context: Tensor | None, dx: Tensor,
+                        dt: Tensor | float, dcontext: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(f(x, t, c), J_f . (dx, dt, dc))``: the output ``[N, out]`` with its autograd graph and
+        its forward-mode derivative along the tangent ``[N, out]`` without one, in one pass.
+
+        Each layer carries the tangent as ``dh <- W dh`` and ``dh <- sigma'(a) * dh`` (a
+        hand-written forward mode: ``torch.func.jvp`` runs this MLP's linear layers through
+        Python decompositions, ~10x a forward pass on a CPU; this is ~2x). ``dcontext`` defaults
+        to zero. The same numbers as ``torch.func.jvp`` (tested in float64).
+
+        Raises:
+            NotImplementedError: an activation without a known derivative (relu, gelu; ``has_jvp``).
+        """
+        name = self._activation_name()
+        if name is None:
+            raise NotImplementedError(f"no hand-written JVP for activation {type(self.net[1]).__name__}; "
+                                      "use torch.func.jvp")
+        # Imported here: pushforward.continuous imports the distributions, which import nets.
+        from pushforward.continuous.divergence import activation_and_derivative
+
+        t, dt = batch_times(t, x), batch_times(dt, x)
+        te, dte = embed_with_tangent(self.embed, t, dt)
+        parts, tangents = [x, te], [dx.detach(), dte]
+        if context is not None:
+            parts.append(context)
+            tangents.append(torch.zeros_like(context) if dcontext is None else dcontext.detach())
+        h, dh = torch.cat(parts, dim=-1), torch.cat(tangents, dim=-1)
+        mods = list(self.net)
+        for i in range(0, len(mods), 2):
+            a = mods[i](h)
+            with torch.no_grad():
+                dh = dh @ mods[i].weight.t()
+                if i + 1 < len(mods):
+                    dh = activation_and_derivative(name, a.detach())[1] * dh
+            h = mods[i + 1](a) if i + 1 < len(mods) else a
+        return h, dh
 
     def forward_with_divergence(self, x: Tensor, t: Tensor | float,
                                 context: Tensor | None = None) -> tuple[Tensor, Tensor]:
