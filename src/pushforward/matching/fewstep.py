@@ -333,7 +333,8 @@ class MeanFlow(FewStepFlow):
     Args (besides :class:`FewStepFlow`'s):
         flow_ratio: fraction of the batch with ``d = 0`` (paper: 0.75).
         loss: ``"meanflow"`` or ``"imf"``.
-        jvp: ``"jvp"`` (:func:`torch.func.jvp`) or ``"fd"`` (finite differences, the fallback).
+        jvp: ``"jvp"`` (exact forward mode: :meth:`StepNet.forward_and_jvp`, hand-written for a
+            TimeMLP, else :func:`torch.func.jvp`) or ``"fd"`` (finite differences, the fallback).
         adaptive_p: power of the adaptive loss weight.
     """
 
@@ -563,7 +564,8 @@ class Consistency(FewStepFlow):
         warmup: (sct) iterations of the tangent warm-up (default 1000; 0: none).
         tangent_c: (sct) the tangent normalisation constant ``c`` (default 0.1; 0: no normalisation).
         p_mean, p_std: (sct) the log-normal proposal of ``tan(tau) sigma_d`` (defaults -1.0, 1.4, the paper's).
-        jvp: (sct) ``"jvp"`` (:func:`torch.func.jvp`, default) or ``"fd"`` (finite differences).
+        jvp: (sct) ``"jvp"`` (exact forward mode, :meth:`StepNet.forward_and_jvp`; default) or
+            ``"fd"`` (finite differences).
     """
 
     def __init__(
