@@ -133,6 +133,15 @@ def jvp(f: Callable[..., Tensor], primals: tuple[Tensor, ...], tangents: tuple[T
     return out, (plus - minus) / (2 * eps)
 
 
+def net_jvp(net: nn.Module, x: Tensor, t: Tensor, d: Tensor, context: Tensor | None, dx: Tensor, dt: Tensor,
+            dd: Tensor, method: str = "jvp") -> tuple[Tensor, Tensor]:
+    """``(net(x, t, d, c), J . (dx, dt, dd))`` for a two-time field: the network's own forward mode
+    (:meth:`StepNet.forward_and_jvp`) for ``method="jvp"`` where it has one, else :func:`jvp`."""
+    if method == "jvp" and hasattr(net, "forward_and_jvp"):
+        return net.forward_and_jvp(x, t, d, context, dx, dt, dd)
+    return jvp(lambda x_, t_, d_: net(x_, t_, d_, context), (x, t, d), (dx, dt, dd), method)
+
+
 class FewStepFlow(FlowMatching):
     """Shared base: a step-conditioned field ``u(x, t, d, c)`` whose ``d = 0`` slice is the ODE velocity.
 
@@ -369,12 +378,8 @@ class MeanFlow(FewStepFlow):
         JVP direction in z (default v). ``du/dt = J_u . (tangent, 1, -1)`` in (z, t, d).
         """
         tangent = v if tangent is None else tangent
-        net = self.net
-        directions = (tangent, torch.ones_like(t), -torch.ones_like(d))
-        if self.jvp_method == "jvp" and hasattr(net, "forward_and_jvp"):
-            u, dudt = net.forward_and_jvp(z, t, d, context, *directions)
-        else:
-            u, dudt = jvp(lambda z_, t_, d_: net(z_, t_, d_, context), (z, t, d), directions, self.jvp_method)
+        u, dudt = net_jvp(self.net, z, t, d, context, tangent, torch.ones_like(t), -torch.ones_like(d),
+                          self.jvp_method)
         dd = d.reshape(-1, *([1] * (z.dim() - 1)))
         return u, v + dd * dudt
 
@@ -692,22 +697,15 @@ class Consistency(FewStepFlow):
 
         x_t ``[N, ...]`` at TrigFlow time tau ``[N]``, v the conditional velocity ``dx_t/dtau``;
         ``g = -cos^2 (sigma_d F- - v) - r cos sin (x_t + sigma_d dF-/dtau)`` with the total
-        derivative along v by :func:`jvp` (the JVP tangents carry the ``cos sin`` factor).
+        derivative along v by :func:`net_jvp` (the JVP tangents carry the ``cos sin`` factor).
         """
         net, sd = self.net, self.sigma_d
         zero = torch.zeros_like(tau)
-
-        def F(xin, tau_):
-            return net(xin, 1 - tau_ * (2 / math.pi), zero, context)
-
         shape = (-1, *([1] * (x_t.dim() - 1)))
         cs = tau.cos() * tau.sin()
-        if self.jvp_method == "jvp" and hasattr(net, "forward_and_jvp"):
-            # F's time is 1 - 2 tau / pi: its tangent is -2 / pi times tau's.
-            out, d_out = net.forward_and_jvp(x_t / sd, 1 - tau * (2 / math.pi), zero, context,
-                                             cs.reshape(shape) * v, -(2 / math.pi) * cs * sd, zero)
-        else:
-            out, d_out = jvp(F, (x_t / sd, tau), (cs.reshape(shape) * v, cs * sd), self.jvp_method)
+        # F's library time is 1 - 2 tau / pi, so its tangent is -2 / pi times tau's (cs sigma_d).
+        out, d_out = net_jvp(net, x_t / sd, 1 - tau * (2 / math.pi), zero, context, cs.reshape(shape) * v,
+                             -(2 / math.pi) * cs * sd, zero, self.jvp_method)
         c = tau.cos().reshape(shape)
         f_minus, d_minus = out.detach(), d_out.detach()
         g = -c**2 * (sd * f_minus - v) - r * (cs.reshape(shape) * x_t + d_minus)
