@@ -21,6 +21,7 @@ from pushforward.matching import (
     LogitNormalTime,
     OTCoupling,
     PolynomialScheduler,
+    PowerTime,
     SinkhornCoupling,
     SubVPScheduler,
     UniformTime,
@@ -241,7 +242,7 @@ def test_ot_coupling_cost_is_below_a_network_step_at_batch_512():
 
 # ------------------------------------------------------------------ time samplers
 @pytest.mark.parametrize("sampler", [UniformTime(), LogitNormalTime(), LogitNormalTime(mean=0.5, std=0.8),
-                                     BetaTime()])
+                                     BetaTime(), PowerTime(), PowerTime(a=3.0)])
 def test_time_samplers_match_their_cdf(sampler):
     t = sampler.sample(20000, generator=torch.Generator().manual_seed(0), dtype=D)
     assert t.shape == (20000,) and bool(((t >= 0) & (t <= 1)).all())
@@ -260,6 +261,11 @@ def test_beta_time_is_pi0s_convention():
     # logit-normal with mean > 0 favours the noise end (SD3's convention), as in SD3.
     ln = LogitNormalTime(mean=1.0).sample(50000, generator=torch.Generator().manual_seed(1), dtype=D)
     assert float(ln.median()) == pytest.approx(1 / (1 + math.e), abs=0.01)
+    # The power law (a + 1) t^a favours the data end: mean (a + 1) / (a + 2).
+    pw = PowerTime(a=2.0).sample(50000, generator=torch.Generator().manual_seed(1), dtype=D)
+    assert float(pw.mean()) == pytest.approx(0.75, abs=0.005)
+    with pytest.raises(ValueError, match="exponent"):
+        PowerTime(a=-1.0)
 
 
 # ------------------------------------------------------------------ models

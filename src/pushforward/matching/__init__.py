@@ -32,6 +32,7 @@ from pushforward.matching.rectified import RectifiedFlow, distill, generate_pair
 from pushforward.matching.time_samplers import (
     BetaTime,
     LogitNormalTime,
+    PowerTime,
     TimeSampler,
     UniformTime,
     get_time_sampler,
@@ -40,6 +41,7 @@ from pushforward.matching.time_samplers import (
 __all__ = [
     "AffinePath",
     "BetaTime",
+    "PowerTime",
     "BrownianBridgePath",
     "CondOTScheduler",
     "CosineScheduler",
