@@ -117,7 +117,7 @@ class FlowMatching(ContinuousFlow):
         by_context: pair only rows with equal context (None, default: True for conditional
             models with an OT/Sinkhorn coupling, so continuous conditions, as in SBI, keep the
             independent pairing; False: minibatch OT across conditions).
-        time_sampler: the training time density: ``uniform``, ``logit-normal``, ``beta`` (pi0)
+        time_sampler: the training time density: ``uniform``, ``logit-normal``, ``beta`` (pi0), ``power``
             or a :class:`~pushforward.matching.TimeSampler`.
         cond_drop: probability of replacing the context by a learned null context in training
             (classifier-free guidance). 0 (default) learns no null context.
